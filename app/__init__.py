@@ -1,0 +1,1 @@
+"""NormLab's service side: settings, database access, the REST API and the CLI."""

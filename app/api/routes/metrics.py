@@ -1,0 +1,64 @@
+"""Metric points of one experiment: keyset pages for pollers, and the list of names."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.exceptions import RequestValidationError
+
+from app.api.deps import SessionDep
+from app.api.routes.experiments import NOT_FOUND, load
+from app.api.schemas import MetricNameOut, MetricPage, MetricPointOut
+from app.db import metrics
+
+router = APIRouter(prefix="/experiments", tags=["metrics"])
+_NAME = re.compile(r"^[A-Za-z0-9_./:-]{1,128}$")
+
+
+def parse_names(names: str | None) -> list[str] | None:
+    if not names:
+        return None
+    parts = [n.strip() for n in names.split(",") if n.strip()]
+    bad = [n for n in parts if not _NAME.match(n)]
+    if bad or len(parts) > 100:
+        raise RequestValidationError([{
+            "loc": ("query", "names"), "type": "value_error",
+            "msg": f"invalid metric name(s): {', '.join(bad[:5])}" if bad
+            else "at most 100 names",
+        }])
+    return parts
+
+
+@router.get("/{experiment_id}/metrics", response_model=MetricPage, responses=NOT_FOUND)
+def read_metrics(
+    experiment_id: uuid.UUID,
+    session: SessionDep,
+    names: Annotated[str | None, Query(max_length=4000, examples=["loss,grad_norm"])] = None,
+    after_step: Annotated[int, Query(ge=-1, le=2**62)] = -1,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> MetricPage:
+    """Points with step > `after_step`, ordered by step then name; a page never splits a step.
+
+    To follow a running experiment, poll with `after_step` = the last `next_after_step`:
+    no point is ever missed or repeated.
+    """
+    load(session, experiment_id)
+    points, next_after = metrics.read_page(
+        session, experiment_id, after_step=after_step, names=parse_names(names), limit=limit
+    )
+    return MetricPage(
+        items=[MetricPointOut(name=p.name, step=p.step, epoch=p.epoch, value=p.value,
+                              wall_time=p.wall_time) for p in points],
+        next_after_step=next_after,
+    )
+
+
+@router.get("/{experiment_id}/metrics/names", response_model=list[MetricNameOut],
+            responses=NOT_FOUND)
+def metric_names(experiment_id: uuid.UUID, session: SessionDep) -> list[MetricNameOut]:
+    load(session, experiment_id)
+    return [MetricNameOut(name=n.name, count=n.count, last_step=n.last_step)
+            for n in metrics.names(session, experiment_id)]

@@ -1,0 +1,134 @@
+"""The `normlab` command line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.cli.configfile import load_config
+
+cli = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="NormLab: batch-norm and gradient-clipping experiments.",
+)
+
+ConfigArg = Annotated[
+    Path | None, typer.Argument(help="Config file (.json or .yaml)", exists=True, dir_okay=False)
+]
+PresetOpt = Annotated[str | None, typer.Option(help="Preset applied underneath the config")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="key.path=value (repeatable)")]
+
+
+def _export(**values: object) -> None:
+    """Flags override environment variables: export them so settings (and children) see them."""
+    for key, value in values.items():
+        if value is not None:
+            os.environ[f"NORMLAB_{key.upper()}"] = str(value)
+
+
+@cli.command()
+def train(
+    config: ConfigArg = None,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Write result and all metrics as JSON")] = None,
+    device: Annotated[str | None, typer.Option(help="Override resources.device")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Write a safetensors checkpoint")] = None,
+) -> None:
+    """Train one experiment here, with a progress bar and a summary table."""
+    from app.cli.train import run_training
+
+    _, cfg = load_config(config, preset, set_ or [])
+    summary = run_training(cfg, out=out, device=device, checkpoint=checkpoint)
+    raise typer.Exit(0 if summary.status == "succeeded" else 1)
+
+
+@cli.command()
+def presets() -> None:
+    """List the named presets."""
+    from worker.training.presets import PRESET_DESCRIPTIONS
+
+    for name, description in PRESET_DESCRIPTIONS.items():
+        typer.echo(f"{name:12s} {description}")
+
+
+@cli.command()
+def migrate(database_url: Annotated[str | None, typer.Option()] = None) -> None:
+    """Upgrade the database schema to the newest revision."""
+    _export(database_url=database_url)
+    from app.core.config import get_settings
+    from app.db.migrate import head_revision, upgrade
+
+    upgrade(get_settings().database_url)
+    typer.echo(f"database at revision {head_revision()}")
+
+
+@cli.command()
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    database_url: Annotated[str | None, typer.Option()] = None,
+    broker_url: Annotated[str | None, typer.Option(help="Given: API only (distributed)")] = None,
+    data_dir: Annotated[Path | None, typer.Option()] = None,
+) -> None:
+    """Run the API. Without a broker URL, also run an embedded worker (SQLite, no Redis)."""
+    _export(database_url=database_url, broker_url=broker_url, data_dir=data_dir)
+    from app.cli.service import serve as run_serve
+
+    run_serve(host, port)
+
+
+@cli.command()
+def worker(
+    queues: Annotated[str, typer.Option(help="Comma-separated queues")] = "gpu,cpu",
+    device: Annotated[str | None, typer.Option(help="e.g. cuda:0; overrides auto")] = None,
+    concurrency: Annotated[int, typer.Option(min=1)] = 1,
+    database_url: Annotated[str | None, typer.Option()] = None,
+    broker_url: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Run a Celery worker that trains queued experiments."""
+    _export(database_url=database_url, broker_url=broker_url, worker_device=device)
+    from app.cli.service import run_worker
+
+    run_worker(queues, concurrency)
+
+
+@cli.command()
+def submit(
+    config: ConfigArg = None,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Tag (repeatable)")] = None,
+    watch: Annotated[bool, typer.Option(help="Show live progress until it finishes")] = False,
+    url: Annotated[str, typer.Option(envvar="NORMLAB_URL")] = "http://127.0.0.1:8000",
+) -> None:
+    """Submit an experiment to a running service; prints its id."""
+    from app.cli.client import submit as do_submit
+
+    raw, _ = load_config(config, preset, set_ or [])
+    if tag:
+        raw["tags"] = tag
+    do_submit(url, raw, watch=watch)
+
+
+@cli.command()
+def status(
+    experiment_id: str,
+    url: Annotated[str, typer.Option(envvar="NORMLAB_URL")] = "http://127.0.0.1:8000",
+) -> None:
+    """Show an experiment's status and summary."""
+    from app.cli.client import show_status
+
+    show_status(url, experiment_id)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""All settings in one place: flags override environment variables (``NORMLAB_*``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.training.datasets import default_data_dir
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NORMLAB_", extra="ignore")
+
+    # Storage. The default is the embedded mode: one SQLite file, no Postgres.
+    database_url: str = "sqlite:///./normlab.db"
+    # None = embedded: a filesystem queue under data_dir and a worker process started by `serve`.
+    broker_url: str | None = None
+    data_dir: Path = Field(default_factory=default_data_dir)
+    artifacts_dir: Path = Path("./normlab-artifacts")
+
+    # Routing: which queue a config with device "auto" goes to ("gpu" where GPU workers exist).
+    auto_queue: Literal["cpu", "gpu"] = "cpu"
+    worker_device: str | None = None  # a worker's --device, overriding "auto"/"cuda"
+    metric_flush_s: float = Field(1.0, gt=0, le=60)
+    # Redis redelivers an unacknowledged job after this long; claims make redelivery harmless.
+    visibility_timeout_s: int = Field(6 * 3600, ge=10)
+    # The metric sink keeps retrying a lost database this long before failing the experiment.
+    db_outage_limit_s: float = Field(300.0, gt=0)
+
+    # HTTP.
+    cors_origins: list[str] = Field(default_factory=list)
+    max_body_bytes: int = 1024 * 1024
+
+    @property
+    def embedded(self) -> bool:
+        return self.broker_url is None
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def queue_dir(self) -> Path:
+        return self.data_dir / "queue"
+
+    def checkpoint_path(self, experiment_id: object) -> Path:
+        return self.artifacts_dir / "checkpoints" / f"{experiment_id}.safetensors"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

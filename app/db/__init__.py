@@ -1,0 +1,1 @@
+"""Database access. Queries live in ``repository``; nothing outside ``app.db`` writes SQL."""

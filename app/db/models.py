@@ -1,0 +1,85 @@
+"""Tables. Metric values are split into (value, kind) so NaN/±inf survive SQLite, which turns a
+stored NaN into NULL: ``kind`` says what the point is and ``value`` is NULL unless finite, so
+SQL aggregates (min, max, avg) see only finite values on every backend."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    Uuid,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Experiment(Base):
+    __tablename__ = "experiments"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(100), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    device: Mapped[str | None] = mapped_column(String(32))
+    worker: Mapped[str | None] = mapped_column(String(255))
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    has_checkpoint: Mapped[bool] = mapped_column(default=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_experiments_created", "created_at", "id"),)
+
+
+class ExperimentTag(Base):
+    __tablename__ = "experiment_tags"
+
+    experiment_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+    __table_args__ = (Index("ix_experiment_tags_tag", "tag"),)
+
+
+# kind values of MetricPoint
+FINITE, NAN, POS_INF, NEG_INF = 0, 1, 2, 3
+
+
+class MetricPoint(Base):
+    __tablename__ = "metric_points"
+
+    # Keyed by (experiment, name, step): a retried write of the same point is harmless.
+    experiment_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    value: Mapped[float | None] = mapped_column(Float)
+    kind: Mapped[int] = mapped_column(SmallInteger, default=FINITE)
+    wall_time: Mapped[float] = mapped_column(Float)
+
+    # "This experiment's points after step S" without a scan (the polling query).
+    __table_args__ = (Index("ix_metric_points_exp_step", "experiment_id", "step"),)

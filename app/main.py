@@ -1,0 +1,71 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app.api.errors import BodySizeLimit, install_error_handlers
+from app.api.routes import experiments, meta, metrics
+from app.api.schemas import config_component_schemas
+from app.core.config import Settings, get_settings
+from app.db.migrate import check_migrated, upgrade
+from app.dispatch import CeleryDispatcher, Dispatcher
+
+API_PREFIX = "/api/v1"
+
+
+def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if settings.is_sqlite:
+            upgrade(settings.database_url)  # embedded mode migrates its own file
+        else:
+            check_migrated(settings.database_url)  # refuse to serve an unmigrated Postgres
+        yield
+
+    app = FastAPI(
+        title="NormLab",
+        version="1.0",
+        summary="Batch-normalization and gradient-clipping training experiments as a service.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.dispatcher = dispatcher or CeleryDispatcher(settings)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
+    for router in (experiments.router, metrics.router, meta.router):
+        app.include_router(router, prefix=API_PREFIX)
+    app.add_api_route("/healthz", meta.healthz, include_in_schema=False)
+    app.add_api_route("/readyz", meta.readyz, include_in_schema=False)
+    _add_config_schemas(app)
+    return app
+
+
+def _add_config_schemas(app: FastAPI) -> None:
+    """The submission body's schema refers to the config's sub-models: publish them."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = original()
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                config_component_schemas()
+            )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

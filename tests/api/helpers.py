@@ -1,0 +1,50 @@
+"""Helpers shared by the API tests."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from app.core.config import Settings
+from app.db import experiments
+from app.db.session import session_scope
+
+API = "/api/v1"
+
+
+class FakeDispatcher:
+    """Records every job sent; ``ping_error``/``send_error`` make the broker look down."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[uuid.UUID, str]] = []
+        self.ping_error: Exception | None = None
+        self.send_error: Exception | None = None
+
+    def send(self, experiment_id: uuid.UUID, queue: str) -> None:
+        if self.send_error is not None:
+            raise self.send_error
+        self.sent.append((experiment_id, queue))
+
+    def ping(self) -> None:
+        if self.ping_error is not None:
+            raise self.ping_error
+
+
+def submit(client: TestClient, body: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+    response = client.post(f"{API}/experiments", json=body if body is not None else {}, **kwargs)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def claim(settings: Settings, experiment_id: str) -> None:
+    with session_scope(settings.database_url) as session:
+        assert experiments.claim(session, uuid.UUID(experiment_id), worker="test-worker")
+
+
+def finish(settings: Settings, experiment_id: str, status: str = "succeeded", **kw: Any) -> None:
+    """queued → running → ``status``, the way a worker does it."""
+    claim(settings, experiment_id)
+    with session_scope(settings.database_url) as session:
+        experiments.finish(session, uuid.UUID(experiment_id), status=status, **kw)

@@ -1,0 +1,87 @@
+"""The distributed stack for real: HTTP → Postgres → Redis → celery worker process → Postgres."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from tests.integration.conftest import SMALL, TERMINAL, all_points, wait_status
+
+
+def submit(client: httpx.Client, body: dict) -> dict:
+    response = client.post("/api/v1/experiments", json=body)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def test_experiment_trains_to_success_with_every_step_once(distributed: httpx.Client) -> None:
+    experiment = submit(distributed, {**SMALL, "preset": "geron-bn", "tags": ["it"]})
+    done = wait_status(distributed, experiment["id"], TERMINAL)
+    assert done["status"] == "succeeded", done
+    assert done["attempt"] == 1 and done["worker"] and done["device"] == "cpu"
+    summary = done["summary"]
+    assert summary["final_test_accuracy"] > 0.8
+    steps = summary["steps"]
+    loss_steps = [p["step"] for p in all_points(distributed, experiment["id"], names="loss")]
+    assert loss_steps == list(range(1, steps + 1))
+    test_acc = all_points(distributed, experiment["id"], names="test_accuracy")
+    assert [p["epoch"] for p in test_acc] == [1, 2, 3]
+    names = {
+        n["name"]
+        for n in distributed.get(f"/api/v1/experiments/{experiment['id']}/metrics/names").json()
+    }
+    assert {"grad_norm", "clip_fraction", "bn/hidden1/running_var_mean"} <= names
+    checkpoint = distributed.get(f"/api/v1/experiments/{experiment['id']}/checkpoint")
+    assert checkpoint.status_code == 200 and len(checkpoint.content) > 1000
+
+
+def test_diverging_experiment_keeps_its_points(distributed: httpx.Client) -> None:
+    body = {
+        **SMALL,
+        "optimizer": {"learning_rate": 10.0},
+        "model": {"hidden_layers": [64, 32], "batch_norm": {"enabled": False}},
+    }
+    experiment = submit(distributed, body)
+    done = wait_status(distributed, experiment["id"], TERMINAL)
+    assert done["status"] == "diverged", done
+    bad_step = done["summary"]["diverged_at_step"]
+    points = all_points(distributed, experiment["id"], names="loss,grad_norm")
+    assert max(p["step"] for p in points) == bad_step
+    last = [p for p in points if p["step"] == bad_step]
+    assert any(p["value"] in ("NaN", "Infinity", "-Infinity") for p in last)
+
+
+def test_cancel_running_experiment(distributed: httpx.Client) -> None:
+    body = {**SMALL, "training": {"epochs": 1000, "batch_size": 16}}
+    experiment = submit(distributed, body)
+    wait_status(distributed, experiment["id"], {"running"})
+    time.sleep(1.0)
+    response = distributed.post(f"/api/v1/experiments/{experiment['id']}/cancel")
+    assert response.status_code == 202
+    assert response.json()["status"] in ("cancelling", "cancelled")
+    started = time.monotonic()
+    done = wait_status(distributed, experiment["id"], TERMINAL, timeout=30)
+    assert done["status"] == "cancelled"
+    assert time.monotonic() - started < 10
+    assert distributed.post(f"/api/v1/experiments/{experiment['id']}/cancel").status_code == 409
+
+
+def test_polling_while_training_never_misses_or_repeats(distributed: httpx.Client) -> None:
+    body = {**SMALL, "training": {"epochs": 6, "batch_size": 16}}
+    experiment = submit(distributed, body)
+    path = f"/api/v1/experiments/{experiment['id']}"
+    seen: list[tuple[str, int]] = []
+    after = -1
+    while True:
+        status = distributed.get(path).json()["status"]
+        page = distributed.get(f"{path}/metrics", params={"after_step": after, "limit": 37}).json()
+        seen += [(p["name"], p["step"]) for p in page["items"]]
+        if page["next_after_step"] is not None:
+            after = page["next_after_step"]
+        elif status in TERMINAL:
+            break
+    assert len(seen) == len(set(seen)), "a point was repeated"
+    final = all_points(distributed, experiment["id"])
+    assert sorted(seen) == sorted((p["name"], p["step"]) for p in final), "a point was missed"
+    assert distributed.get(path).json()["status"] == "succeeded"

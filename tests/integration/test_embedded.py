@@ -1,0 +1,55 @@
+"""`normlab serve` with no broker: SQLite, a filesystem queue and its own worker process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.conftest import (
+    SMALL,
+    TERMINAL,
+    all_points,
+    service_env,
+    start_api,
+    wait_status,
+)
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, Path]]:
+    tmp = tmp_path_factory.mktemp("embedded")
+    env = service_env(tmp, NORMLAB_DATABASE_URL=f"sqlite:///{tmp}/normlab.db")
+    api, base = start_api(env, tmp)
+    try:
+        with httpx.Client(base_url=base, timeout=30) as client:
+            yield client, tmp
+    finally:
+        api.stop()
+
+
+def test_embedded_serve_trains_and_cancels(embedded: tuple[httpx.Client, Path]) -> None:
+    client, tmp = embedded
+    assert client.get("/api/v1/readyz").status_code == 200
+    experiment = client.post("/api/v1/experiments", json={**SMALL, "preset": "geron-bn"}).json()
+    done = wait_status(client, experiment["id"], TERMINAL)
+    assert done["status"] == "succeeded", (done, (tmp / "api.log").read_text()[-3000:])
+    steps = [p["step"] for p in all_points(client, experiment["id"], names="loss")]
+    assert steps == list(range(1, done["summary"]["steps"] + 1))
+    assert (tmp / "normlab.db").exists()
+
+    long = client.post(
+        "/api/v1/experiments", json={**SMALL, "training": {"epochs": 1000, "batch_size": 16}}
+    ).json()
+    wait_status(client, long["id"], {"running"})
+    assert client.post(f"/api/v1/experiments/{long['id']}/cancel").status_code == 202
+    assert wait_status(client, long["id"], TERMINAL, timeout=30)["status"] == "cancelled"
+
+
+def test_embedded_worker_is_a_separate_process(embedded: tuple[httpx.Client, Path]) -> None:
+    client, _ = embedded
+    experiment = client.post("/api/v1/experiments", json=SMALL).json()
+    done = wait_status(client, experiment["id"], TERMINAL)
+    assert done["worker"].startswith("embedded@")
