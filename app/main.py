@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.errors import BodySizeLimit, install_error_handlers
-from app.api.routes import experiments, meta, metrics
+from app.api.routes import experiments, meta, metrics, series, stream
 from app.api.schemas import config_component_schemas
 from app.core.config import Settings, get_settings
 from app.db.migrate import check_migrated, upgrade
@@ -47,7 +47,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
             allow_methods=["*"],
             allow_headers=["*"],
         )
-    for router in (experiments.router, metrics.router, meta.router):
+    for router in (experiments.router, metrics.router, series.router, stream.router,
+                   meta.router):
         app.include_router(router, prefix=API_PREFIX)
     app.add_api_route("/healthz", meta.healthz, include_in_schema=False)
     app.add_api_route("/readyz", meta.readyz, include_in_schema=False)

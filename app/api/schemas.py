@@ -97,3 +97,44 @@ def submit_schema() -> dict[str, Any]:
 def config_component_schemas() -> dict[str, Any]:
     defs = ExperimentConfig.model_json_schema(ref_template="#/components/schemas/{model}")
     return dict(defs.get("$defs", {}))
+
+
+class BucketOut(BaseModel):
+    bucket: int = Field(description="Index on the bucket grid (aligned across a comparison)")
+    step_start: int
+    step_end: int
+    first: JsonFloat | None = Field(description="First finite value in the bucket")
+    last: JsonFloat | None = Field(description="Last finite value in the bucket")
+    min: JsonFloat | None
+    max: JsonFloat | None
+    mean: JsonFloat | None = Field(description="Mean of the finite values")
+    count: int
+    nonfinite_count: int = Field(description="Points that were NaN or ±Infinity")
+
+
+class SeriesOut(BaseModel):
+    name: str
+    points: int
+    raw: bool = Field(description="True when every bucket is a single point")
+    from_step: int | None
+    to_step: int | None
+    buckets: list[BucketOut]
+
+
+class CompareAxis(BaseModel):
+    from_step: int
+    to_step: int
+    points: int
+
+
+class ComparedExperiment(BaseModel):
+    id: uuid.UUID
+    name: str
+    status: Status
+    config_diff: dict[str, Any] = Field(description="Fields that differ from the first experiment")
+    series: dict[str, list[BucketOut]]
+
+
+class CompareOut(BaseModel):
+    axis: CompareAxis
+    experiments: list[ComparedExperiment]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.training.datasets import default_data_dir
 
@@ -32,8 +32,17 @@ class Settings(BaseSettings):
     db_outage_limit_s: float = Field(300.0, gt=0)
 
     # HTTP.
-    cors_origins: list[str] = Field(default_factory=list)
+    stream_poll_s: float = Field(0.5, gt=0, le=10)  # how often an SSE stream checks for news
+    # Comma-separated in the environment; empty = CORS off.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = 1024 * 1024
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
 
     @property
     def embedded(self) -> bool:

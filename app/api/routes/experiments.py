@@ -9,7 +9,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, HTTPException, Query, Response
+from fastapi import APIRouter, Body, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.api.deps import DispatcherDep, SessionDep, SettingsDep
 from app.api.errors import body_error
+from app.api.etag import etag_json
 from app.api.schemas import (
     ExperimentOut,
     ExperimentPage,
@@ -148,8 +149,9 @@ def list_experiments(
 
 
 @router.get("/{experiment_id}", response_model=ExperimentOut, responses=NOT_FOUND)
-def get_experiment(experiment_id: uuid.UUID, session: SessionDep) -> ExperimentOut:
-    return _one(session, load(session, experiment_id))
+def get_experiment(experiment_id: uuid.UUID, request: Request, session: SessionDep) -> Response:
+    """One experiment. Send the last `ETag` as `If-None-Match` to get 304 when unchanged."""
+    return etag_json(request, _one(session, load(session, experiment_id)))
 
 
 @router.post("/{experiment_id}/cancel", status_code=202, response_model=ExperimentOut,

@@ -6,10 +6,11 @@ import re
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 
 from app.api.deps import SessionDep
+from app.api.etag import etag_json
 from app.api.routes.experiments import NOT_FOUND, load
 from app.api.schemas import MetricNameOut, MetricPage, MetricPointOut
 from app.db import metrics
@@ -35,11 +36,12 @@ def parse_names(names: str | None) -> list[str] | None:
 @router.get("/{experiment_id}/metrics", response_model=MetricPage, responses=NOT_FOUND)
 def read_metrics(
     experiment_id: uuid.UUID,
+    request: Request,
     session: SessionDep,
     names: Annotated[str | None, Query(max_length=4000, examples=["loss,grad_norm"])] = None,
     after_step: Annotated[int, Query(ge=-1, le=2**62)] = -1,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-) -> MetricPage:
+) -> Response:
     """Points with step > `after_step`, ordered by step then name; a page never splits a step.
 
     To follow a running experiment, poll with `after_step` = the last `next_after_step`:
@@ -49,11 +51,12 @@ def read_metrics(
     points, next_after = metrics.read_page(
         session, experiment_id, after_step=after_step, names=parse_names(names), limit=limit
     )
-    return MetricPage(
+    page = MetricPage(
         items=[MetricPointOut(name=p.name, step=p.step, epoch=p.epoch, value=p.value,
                               wall_time=p.wall_time) for p in points],
         next_after_step=next_after,
     )
+    return etag_json(request, page)
 
 
 @router.get("/{experiment_id}/metrics/names", response_model=list[MetricNameOut],

@@ -1,0 +1,117 @@
+"""Downsampled series for charts, and aligned comparisons of several experiments."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+
+from app.api.deps import SessionDep
+from app.api.etag import etag_json
+from app.api.routes.experiments import NOT_FOUND, load
+from app.api.routes.metrics import parse_names
+from app.api.schemas import BucketOut, CompareAxis, CompareOut, ComparedExperiment, SeriesOut
+from app.db import experiments, series
+from app.db.series import Bucket
+
+router = APIRouter(tags=["metrics"])
+MetricPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_./:-]{1,128}$", examples=["loss"])]
+Points = Annotated[int, Query(ge=1, le=5000, description="At most this many buckets")]
+StepQuery = Annotated[int | None, Query(ge=0, le=2**62)]
+
+
+def _out(b: Bucket) -> BucketOut:
+    return BucketOut(bucket=b.bucket, step_start=b.step_start, step_end=b.step_end, first=b.first,
+                     last=b.last, min=b.min, max=b.max, mean=b.mean, count=b.count,
+                     nonfinite_count=b.nonfinite_count)
+
+
+@router.get("/experiments/{experiment_id}/metrics/{name:path}/series", response_model=SeriesOut,
+            responses=NOT_FOUND)
+def get_series(
+    experiment_id: uuid.UUID, name: MetricPath, request: Request, session: SessionDep,
+    points: Points = 500, from_step: StepQuery = None, to_step: StepQuery = None,
+) -> Response:
+    """At most `points` buckets over the step range, each with first/last/min/max/mean/count and
+    `nonfinite_count`. Deterministic; a spike always survives as a bucket's `max`. When the range
+    holds no more than `points` points, each point is its own bucket (`raw: true`)."""
+    if from_step is not None and to_step is not None and from_step > to_step:
+        raise RequestValidationError([{"loc": ("query", "from_step"), "type": "value_error",
+                                       "msg": "from_step must not exceed to_step"}])
+    load(session, experiment_id)
+    found = series.step_range(session, experiment_id, name, from_step, to_step)
+    buckets = series.series(session, experiment_id, name, points=points, from_step=from_step,
+                            to_step=to_step)
+    out = SeriesOut(
+        name=name, points=points, raw=found is not None and found.count <= points,
+        from_step=found.lo if found else from_step, to_step=found.hi if found else to_step,
+        buckets=[_out(b) for b in buckets],
+    )
+    return etag_json(request, out)
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def config_diff(base: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """The dotted fields of ``other`` that differ from ``base`` (with ``other``'s values)."""
+    a, b = flatten(base), flatten(other)
+    return {k: b.get(k) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+
+
+def _parse_ids(ids: str) -> list[uuid.UUID]:
+    parts = [p.strip() for p in ids.split(",") if p.strip()]
+    try:
+        parsed = [uuid.UUID(p) for p in parts]
+    except ValueError as exc:
+        raise RequestValidationError([{"loc": ("query", "ids"), "type": "uuid_parsing",
+                                       "msg": "ids must be comma-separated experiment UUIDs"}]) from exc
+    if not 1 <= len(parsed) <= 20:
+        raise RequestValidationError([{"loc": ("query", "ids"), "type": "value_error",
+                                       "msg": "compare 1 to 20 experiments"}])
+    return list(dict.fromkeys(parsed))
+
+
+@router.get("/compare", response_model=CompareOut, responses=NOT_FOUND)
+def compare(
+    request: Request, session: SessionDep,
+    ids: Annotated[str, Query(max_length=800, description="Comma-separated experiment ids")],
+    names: Annotated[str, Query(max_length=4000, examples=["test_accuracy,grad_norm"])] = "loss",
+    points: Points = 500,
+) -> Response:
+    """Bucketed series of several experiments over one shared step axis (same bucket grid), with
+    each experiment's config differences from the first one."""
+    experiment_ids = _parse_ids(ids)
+    metric_names = parse_names(names) or ["loss"]
+    rows = []
+    for experiment_id in experiment_ids:
+        row = experiments.get(session, experiment_id)
+        if row is None:
+            raise HTTPException(404, f"experiment {experiment_id} not found")
+        rows.append(row)
+    ranges = [series.step_range(session, r.id, n) for r in rows for n in metric_names]
+    present = [r for r in ranges if r is not None]
+    lo = min((r.lo for r in present), default=0)
+    hi = max((r.hi for r in present), default=0)
+    compared = [
+        ComparedExperiment(
+            id=row.id, name=row.name, status=row.status,  # type: ignore[arg-type]
+            config_diff=config_diff(rows[0].config, row.config),
+            series={n: [_out(b) for b in series.series(session, row.id, n, points=points,
+                                                       raw_if_small=False, lo=lo, hi=hi)]
+                    for n in metric_names},
+        )
+        for row in rows
+    ]
+    return etag_json(request, CompareOut(axis=CompareAxis(from_step=lo, to_step=hi, points=points),
+                                         experiments=compared))

@@ -1,0 +1,103 @@
+"""Metric ingest: points/s the worker's sink writes into Postgres, and what the sink costs training.
+
+    python3 bench/ingest.py --database-url postgresql+psycopg://postgres@127.0.0.1/normlab_bench
+
+Creates (and drops) its experiments in that database; migrates it first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import uuid
+
+import torch
+
+from app.db import experiments
+from app.db.migrate import upgrade
+from app.db.session import session_scope
+from worker.sink import MetricSink
+from worker.training.config import ExperimentConfig
+from worker.training.datasets import load_dataset
+from worker.training.loop import train
+from worker.training.presets import build_config
+from worker.training.result import MetricPoint
+
+
+def new_experiment(url: str, config: ExperimentConfig) -> uuid.UUID:
+    with session_scope(url) as session:
+        row, _ = experiments.create(session, config=config.model_dump(mode="json"), tags=["bench"])
+        experiments.claim(session, row.id, worker="bench")
+        return row.id
+
+
+def drop(url: str, experiment_id: uuid.UUID) -> None:
+    with session_scope(url) as session:
+        experiments.finish(session, experiment_id, status="succeeded")
+        experiments.delete_finished(session, experiment_id)
+
+
+def bench_ingest(url: str, config: ExperimentConfig, steps: int, names: int) -> float:
+    """Feed steps × names points the way the engine does (one call per 100 steps)."""
+    experiment_id = new_experiment(url, config)
+    now = time.time()
+    batches = [
+        [MetricPoint(f"metric_{n}", s, 1, float(s * n), now) for s in range(b, b + 100)
+         for n in range(names)]
+        for b in range(1, steps + 1, 100)
+    ]
+    sink = MetricSink(url, experiment_id, flush_every_s=1.0)
+    started = time.perf_counter()
+    for batch in batches:
+        sink.put(batch)
+    sink.close()
+    elapsed = time.perf_counter() - started
+    assert sink.points_written == steps * names, sink.points_written
+    drop(url, experiment_id)
+    return steps * names / elapsed
+
+
+def bench_training(url: str, config: ExperimentConfig, repeats: int) -> tuple[float, float]:
+    data = load_dataset(config.dataset, seed=config.training.seed)
+    device = torch.device("cpu")
+    alone, with_sink = [], []
+    train(config, data, device=device, on_metrics=lambda _: None)  # warm-up
+    for _ in range(repeats):  # alternate, so drift hits both sides alike
+        started = time.perf_counter()
+        train(config, data, device=device, on_metrics=lambda _: None)
+        alone.append(time.perf_counter() - started)
+
+        experiment_id = new_experiment(url, config)
+        sink = MetricSink(url, experiment_id, flush_every_s=1.0)
+        started = time.perf_counter()
+        train(config, data, device=device, on_metrics=sink.put, should_stop=sink.should_stop)
+        with_sink.append(time.perf_counter() - started)
+        sink.close()
+        drop(url, experiment_id)
+    return statistics.median(alone), statistics.median(with_sink)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--steps", type=int, default=20_000)
+    parser.add_argument("--names", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    upgrade(args.database_url)
+    config = build_config({
+        "dataset": {"name": "synthetic", "synthetic": {"samples": 12_000}},
+        "training": {"epochs": 8, "batch_size": 50}, "resources": {"device": "cpu"},
+    }, "geron-bn")
+
+    rate = bench_ingest(args.database_url, config, args.steps, args.names)
+    print(f"sink ingest: {args.steps * args.names:,} points at {rate:,.0f} points/s")
+    alone, with_sink = bench_training(args.database_url, config, args.repeats)
+    print(f"training alone:     {alone:.2f} s (median of {args.repeats})")
+    print(f"training with sink: {with_sink:.2f} s")
+    print(f"sink overhead: {(with_sink / alone - 1) * 100:+.1f}%  (ratio {with_sink / alone:.3f})")
+
+
+if __name__ == "__main__":
+    main()
