@@ -11,12 +11,16 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.errors import BodySizeLimit, install_error_handlers
 from app.api.routes import experiments, meta, metrics, series, stream
-from app.api.schemas import config_component_schemas
+from app.api.schemas import Problem, config_component_schemas
 from app.core.config import Settings, get_settings
 from app.db.migrate import check_migrated, upgrade
 from app.dispatch import CeleryDispatcher, Dispatcher
 
 API_PREFIX = "/api/v1"
+COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "Missing, malformed, unknown or revoked API key"},
+    503: {"model": Problem, "description": "The database is unavailable; retry shortly"},
+}
 
 
 def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None = None) -> FastAPI:
@@ -49,7 +53,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         )
     for router in (experiments.router, metrics.router, series.router, stream.router,
                    meta.router):
-        app.include_router(router, prefix=API_PREFIX)
+        app.include_router(router, prefix=API_PREFIX, responses=COMMON_RESPONSES)
     app.add_api_route("/healthz", meta.healthz, include_in_schema=False)
     app.add_api_route("/readyz", meta.readyz, include_in_schema=False)
     _add_config_schemas(app)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-import uuid
 
 import torch
 
-from app.db import experiments
+from app.db import experiments, lifecycle
+from app.db.lifecycle import Lease
 from app.db.migrate import upgrade
 from app.db.session import session_scope
 from worker.sink import MetricSink
@@ -25,36 +25,41 @@ from worker.training.presets import build_config
 from worker.training.result import MetricPoint
 
 
-def new_experiment(url: str, config: ExperimentConfig) -> uuid.UUID:
+def new_experiment(url: str, config: ExperimentConfig) -> Lease:
     with session_scope(url) as session:
         row, _ = experiments.create(session, config=config.model_dump(mode="json"), tags=["bench"])
-        experiments.claim(session, row.id, worker="bench")
-        return row.id
+        lease = lifecycle.claim(session, row.id, worker="bench")
+    assert lease is not None
+    return lease
 
 
-def drop(url: str, experiment_id: uuid.UUID) -> None:
+def drop(url: str, lease: Lease) -> None:
     with session_scope(url) as session:
-        experiments.finish(session, experiment_id, status="succeeded")
-        experiments.delete_finished(session, experiment_id)
+        lifecycle.finish(session, lease, status="succeeded")
+        session.commit()
+        experiments.delete_finished(session, lease.experiment_id)
 
 
 def bench_ingest(url: str, config: ExperimentConfig, steps: int, names: int) -> float:
     """Feed steps × names points the way the engine does (one call per 100 steps)."""
-    experiment_id = new_experiment(url, config)
+    lease = new_experiment(url, config)
     now = time.time()
     batches = [
-        [MetricPoint(f"metric_{n}", s, 1, float(s * n), now) for s in range(b, b + 100)
-         for n in range(names)]
+        [
+            MetricPoint(f"metric_{n}", s, 1, float(s * n), now)
+            for s in range(b, b + 100)
+            for n in range(names)
+        ]
         for b in range(1, steps + 1, 100)
     ]
-    sink = MetricSink(url, experiment_id, flush_every_s=1.0)
+    sink = MetricSink(url, lease, flush_every_s=1.0)
     started = time.perf_counter()
     for batch in batches:
         sink.put(batch)
     sink.close()
     elapsed = time.perf_counter() - started
     assert sink.points_written == steps * names, sink.points_written
-    drop(url, experiment_id)
+    drop(url, lease)
     return steps * names / elapsed
 
 
@@ -68,13 +73,13 @@ def bench_training(url: str, config: ExperimentConfig, repeats: int) -> tuple[fl
         train(config, data, device=device, on_metrics=lambda _: None)
         alone.append(time.perf_counter() - started)
 
-        experiment_id = new_experiment(url, config)
-        sink = MetricSink(url, experiment_id, flush_every_s=1.0)
+        lease = new_experiment(url, config)
+        sink = MetricSink(url, lease, flush_every_s=1.0)
         started = time.perf_counter()
         train(config, data, device=device, on_metrics=sink.put, should_stop=sink.should_stop)
         with_sink.append(time.perf_counter() - started)
         sink.close()
-        drop(url, experiment_id)
+        drop(url, lease)
     return statistics.median(alone), statistics.median(with_sink)
 
 
@@ -86,10 +91,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     upgrade(args.database_url)
-    config = build_config({
-        "dataset": {"name": "synthetic", "synthetic": {"samples": 12_000}},
-        "training": {"epochs": 8, "batch_size": 50}, "resources": {"device": "cpu"},
-    }, "geron-bn")
+    config = build_config(
+        {
+            "dataset": {"name": "synthetic", "synthetic": {"samples": 12_000}},
+            "training": {"epochs": 8, "batch_size": 50},
+            "resources": {"device": "cpu"},
+        },
+        "geron-bn",
+    )
 
     rate = bench_ingest(args.database_url, config, args.steps, args.names)
     print(f"sink ingest: {args.steps * args.names:,} points at {rate:,.0f} points/s")

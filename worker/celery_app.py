@@ -8,13 +8,18 @@ returned to the driver when the job ends.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import subprocess
+import sys
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
-from app.core.config import Settings
+from app.core.config import Settings, get_settings
 from app.db.session import dispose_after_fork
+from worker import shutdown
 
 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 
@@ -48,11 +53,41 @@ def create_celery(settings: Settings) -> Celery:
         task_ignore_result=True,  # results live in the database
         task_default_queue="cpu",
         broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
     )
     return app
 
 
 @worker_process_init.connect
-def _after_fork(**_: object) -> None:
+def _in_pool_child(**_: object) -> None:
     dispose_after_fork()
+    shutdown.install_job_handlers()
+
+
+@worker_shutting_down.connect
+def _on_warm_shutdown(**_: object) -> None:
+    # Celery waits for running jobs on a warm shutdown: ask them to checkpoint and hand back.
+    shutdown.forward_to_children()
+
+
+_reconciler: subprocess.Popen[bytes] | None = None
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: a SIGKILLed worker takes it along
+
+
+@worker_ready.connect
+def _start_reconciler(**_: object) -> None:
+    """The reconciler runs beside each worker, as its own process (no threads across forks)."""
+    global _reconciler
+    if get_settings().reconcile_in_worker:
+        _reconciler = subprocess.Popen(
+            [sys.executable, "-m", "app.cli.main", "reconcile"], preexec_fn=_die_with_parent
+        )
+
+
+@worker_shutdown.connect
+def _stop_reconciler(**_: object) -> None:
+    if _reconciler is not None and _reconciler.poll() is None:
+        _reconciler.terminate()

@@ -1,69 +1,107 @@
-"""One job on a worker: claim the experiment, train it, record the outcome."""
+"""One job on a worker: claim the experiment, train it (resuming a previous attempt's checkpoint),
+and record the outcome. Every database step survives short outages (``with_retry``)."""
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from app.core.config import Settings
-from app.db import experiments
+from app.db import experiments, lifecycle
+from app.db.lifecycle import Lease
 from app.db.session import session_scope
+from app.dispatch import Dispatcher, queue_for
+from worker import shutdown
+from worker.dbretry import DatabaseOutageError, with_retry
 from worker.sink import MetricSink
+from worker.training.checkpoint import checkpoint_step
 from worker.training.config import ExperimentConfig
 from worker.training.device import resolve_device
 from worker.training.job import run_job
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
-def execute(experiment_id: uuid.UUID, *, settings: Settings, worker_name: str) -> str:
-    """Run one experiment if it is still queued; returns the final status (or "skipped")."""
+def execute(experiment_id: uuid.UUID, *, settings: Settings, worker_name: str,
+            dispatcher: Callable[[], Dispatcher]) -> str:
+    """Run one experiment if it is still queued; returns what happened."""
     url = settings.database_url
-    with session_scope(url) as session:
-        if not experiments.claim(session, experiment_id, worker=worker_name):
-            return "skipped"  # a duplicate delivery, or cancelled/deleted while queued
-        row = experiments.get(session, experiment_id)
-        assert row is not None
-        config = ExperimentConfig.model_validate(row.config)
 
-    sink = MetricSink(
-        url,
-        experiment_id,
-        flush_every_s=settings.metric_flush_s,
-        outage_limit_s=settings.db_outage_limit_s,
-    )
+    def db(what: str, work: Callable[[Any], T]) -> T:
+        def attempt() -> T:
+            with session_scope(url) as session:
+                return work(session)
+        return with_retry(attempt, limit_s=settings.db_outage_limit_s, what=what)
+
+    lease = db("claim", lambda s: lifecycle.claim(s, experiment_id, worker=worker_name))
+    if lease is None:  # a duplicate delivery, or cancelled/deleted while queued
+        log.info("skipped %s: not queued any more", experiment_id)
+        return "skipped"
+    log.info("claimed %s (attempt %d)", experiment_id, lease.attempt)
+    row = db("load", lambda s: experiments.get(s, experiment_id))
+    assert row is not None and row.started_at is not None
+    config = ExperimentConfig.model_validate(row.config)
+    deadline = row.started_at.timestamp() + settings.max_run_s
+
+    # A previous attempt may have left a checkpoint: resume from it, and drop the points it wrote
+    # after that checkpoint, so every series ends up gapless and free of duplicates.
     checkpoint = settings.checkpoint_path(experiment_id)
+    resume = checkpoint if checkpoint.is_file() else None
+    resume_step = checkpoint_step(resume) if resume is not None else 0
+    db("drop stale points", lambda s: lifecycle.delete_points_after(s, experiment_id, resume_step))
+
+    sink = MetricSink(url, lease, flush_every_s=settings.metric_flush_s,
+                      outage_limit_s=settings.db_outage_limit_s)
+
+    def should_stop() -> bool:
+        return sink.should_stop() or shutdown.requested.is_set() or time.time() > deadline
+
     status, summary, error, has_checkpoint = "failed", None, None, False
     try:
         device = resolve_device(config.resources.device, settings.worker_device)
-        with session_scope(url) as session:
-            experiments.set_device(session, experiment_id, str(device))
-        result = run_job(
-            config,
-            on_metrics=sink.put,
-            should_stop=sink.should_stop,
-            checkpoint_path=checkpoint,
-            device_override=str(device),
-            data_dir=settings.data_dir,
-            flush_every_s=settings.metric_flush_s,
-        )
-        status = result.status
+        db("record device", lambda s: lifecycle.set_device(s, lease, str(device)))
+        result = run_job(config, on_metrics=sink.put, should_stop=should_stop,
+                         checkpoint_path=checkpoint, resume_from=resume,
+                         before_checkpoint=sink.wait_written, device_override=str(device),
+                         data_dir=settings.data_dir, flush_every_s=settings.metric_flush_s)
+        status, has_checkpoint = result.status, result.checkpoint_written
         summary = result.summary.model_dump(mode="json")
-        has_checkpoint = result.checkpoint_written
     except Exception as exc:  # the job fails; the worker lives on
         log.exception("experiment %s failed", experiment_id)
         error = f"{type(exc).__name__}: {exc}"
     finally:
         sink.close()
+
+    if sink.lease_lost:
+        return "lost"  # another worker owns it now; write nothing
     if sink.error is not None:
         status, error = "failed", sink.error
-    with session_scope(url) as session:
-        experiments.finish(
-            session,
-            experiment_id,
-            status=status,
-            summary=summary,
-            error=error,
-            has_checkpoint=has_checkpoint,
-        )
+    elif status == "cancelled" and not sink.cancel_requested:
+        if time.time() > deadline:
+            status, error = "failed", "time limit"
+        elif shutdown.requested.is_set():
+            return _hand_back(db, lease, config, settings, dispatcher)
+    try:
+        db("finish", lambda s: lifecycle.finish(s, lease, status=status, summary=summary,
+                                               error=error, has_checkpoint=has_checkpoint))
+    except DatabaseOutageError:
+        log.exception("could not record the end of %s; the reconciler will take it back",
+                      experiment_id)
+        return "unrecorded"
     return status
+
+
+def _hand_back(db: Callable[..., Any], lease: Lease, config: ExperimentConfig,
+               settings: Settings, dispatcher: Callable[[], Dispatcher]) -> str:
+    """Shutting down: queue the experiment again for the next worker (it resumes from here)."""
+    new_status = db("hand back", lambda s: lifecycle.hand_back(s, lease))
+    if new_status == "queued":
+        try:
+            dispatcher().send(lease.experiment_id, queue_for(config.resources.device, settings))
+        except Exception:  # the reconciler re-sends queued experiments
+            log.exception("could not re-send %s", lease.experiment_id)
+    return "handed back"

@@ -1,29 +1,30 @@
 """The metric sink: buffers the engine's points and writes them to the database in a background
-thread, so training never waits on the database; it also carries the heartbeat and the cancel flag.
+thread, so training never waits on the database. Each write also renews the experiment's lease
+(heartbeat) and reads its status, which is how cancellation reaches the training loop.
 
-Batches are written in the order they arrived, each write in one transaction, so readers always
-see whole steps. While the database is unreachable the sink keeps points (bounded) and retries with
-backoff; past ``outage_limit_s`` it gives up and the experiment fails with that reason.
+Batches are written in arrival order, one transaction each, so readers always see whole steps.
+While the database is unreachable the sink keeps its points (bounded: past ``max_buffered_points``
+the training thread waits) and retries with backoff; past ``outage_limit_s`` it gives up and the
+experiment fails with that reason. A lost lease (another worker took over) stops training at once.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-import time
-import uuid
 from collections.abc import Sequence
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from app.db import experiments, metrics
+from app.db import lifecycle, metrics
+from app.db.lifecycle import Lease
 from app.db.session import session_scope
+from worker.dbretry import DatabaseOutageError, with_retry
 from worker.training.result import MetricPoint
 
 log = logging.getLogger(__name__)
 
 
-class SinkFailedError(RuntimeError):
+class LeaseLostError(RuntimeError):
     pass
 
 
@@ -31,23 +32,25 @@ class MetricSink:
     def __init__(
         self,
         database_url: str,
-        experiment_id: uuid.UUID,
+        lease: Lease,
         *,
         flush_every_s: float = 1.0,
         outage_limit_s: float = 300.0,
         max_buffered_points: int = 2_000_000,
     ) -> None:
         self.database_url = database_url
-        self.experiment_id = experiment_id
+        self.lease = lease
         self.flush_every_s = flush_every_s
         self.outage_limit_s = outage_limit_s
         self.max_buffered_points = max_buffered_points
         self.points_written = 0
+        self._points_put = 0
         self._pending: list[MetricPoint] = []
         self._cond = threading.Condition()
         self._closing = False
         self._cancel = threading.Event()
-        self._error: str | None = None
+        self.lease_lost = False
+        self.error: str | None = None
         self._thread = threading.Thread(target=self._run, name="metric-sink", daemon=True)
         self._thread.start()
 
@@ -55,21 +58,26 @@ class MetricSink:
     def put(self, points: Sequence[MetricPoint]) -> None:
         with self._cond:
             # Backpressure instead of unbounded memory: wait while the buffer is full.
-            while len(self._pending) >= self.max_buffered_points and self._error is None:
+            while len(self._pending) >= self.max_buffered_points and self._alive():
                 self._cond.wait(0.1)
             self._pending.extend(points)
+            self._points_put += len(points)
             self._cond.notify_all()
 
+    def wait_written(self) -> None:
+        """Block until every point put so far is in the database (a checkpoint barrier: a
+        checkpoint must never be ahead of the metrics stored for it)."""
+        with self._cond:
+            target = self._points_put
+            while self.points_written < target and self._alive() and self._thread.is_alive():
+                self._cond.wait(0.05)
+
     def should_stop(self) -> bool:
-        return self._cancel.is_set() or self._error is not None
+        return self._cancel.is_set() or not self._alive()
 
     @property
     def cancel_requested(self) -> bool:
         return self._cancel.is_set()
-
-    @property
-    def error(self) -> str | None:
-        return self._error
 
     def close(self) -> None:
         """Write everything still buffered, then stop the thread."""
@@ -78,6 +86,9 @@ class MetricSink:
             self._cond.notify_all()
         self._thread.join()
 
+    def _alive(self) -> bool:
+        return self.error is None and not self.lease_lost
+
     # ---- the writer thread
     def _run(self) -> None:
         while True:
@@ -85,38 +96,32 @@ class MetricSink:
                 if not self._pending and not self._closing:
                     self._cond.wait(self.flush_every_s)
                 batch, self._pending = self._pending, []
-                closing = self._closing
+                closing = self._closing and not self._pending
                 self._cond.notify_all()
-            if not self._write_with_retry(batch):
+            try:
+                with_retry(functools.partial(self._write, batch), limit_s=self.outage_limit_s,
+                           what="write metrics")
+            except DatabaseOutageError as exc:
+                self.error = str(exc)
+                log.error("metric sink giving up: %s", exc)
+                return
+            except LeaseLostError:
+                self.lease_lost = True
+                log.error("experiment %s was taken over by another worker; stopping",
+                          self.lease.experiment_id)
                 return
             if closing:
-                with self._cond:
-                    if not self._pending:
-                        return
-
-    def _write_with_retry(self, batch: list[MetricPoint]) -> bool:
-        delay, first_failure = 0.2, None
-        while True:
-            try:
-                self._write(batch)
-                return True
-            except SQLAlchemyError as exc:
-                now = time.monotonic()
-                first_failure = first_failure or now
-                if now - first_failure > self.outage_limit_s:
-                    self._error = (
-                        f"database unreachable for over {self.outage_limit_s:.0f} s: {exc}"
-                    )
-                    log.error("metric sink giving up: %s", self._error)
-                    return False
-                log.warning("metric write failed (retrying in %.1fs): %s", delay, exc)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                return
 
     def _write(self, batch: list[MetricPoint]) -> None:
         with session_scope(self.database_url) as session:
-            metrics.insert_points(session, self.experiment_id, batch)
-            status = experiments.heartbeat(session, self.experiment_id)
-        self.points_written += len(batch)
-        if status in ("cancelling", "cancelled"):
+            # The heartbeat goes first: if the lease is lost, nothing of this batch is written.
+            status = lifecycle.heartbeat(session, self.lease)
+            if status is None:
+                raise LeaseLostError
+            metrics.insert_points(session, self.lease.experiment_id, batch)
+        with self._cond:
+            self.points_written += len(batch)
+            self._cond.notify_all()
+        if status == "cancelling":
             self._cancel.set()

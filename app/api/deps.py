@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
+from app.db import keys
+from app.db.keys import Principal
 from app.db.session import session_factory
 from app.dispatch import Dispatcher
 
@@ -38,3 +40,45 @@ def get_dispatcher(request: Request) -> Dispatcher:
 
 
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+
+
+_keys_exist: set[str] = set()  # database URLs known to have keys: auth, once on, stays on
+
+
+def auth_enabled(session: Session, settings: Settings) -> bool:
+    """Auth is on when required, or as soon as any key was ever created (revoking every key
+    does not open the API again)."""
+    if settings.auth == "required" or settings.database_url in _keys_exist:
+        return True
+    if keys.any_created(session):
+        _keys_exist.add(settings.database_url)
+        return True
+    return False
+
+
+def _unauthorized(message: str) -> HTTPException:
+    return HTTPException(401, message, headers={"WWW-Authenticate": 'Bearer realm="normlab"'})
+
+
+def get_principal(request: Request, session: SessionDep, settings: SettingsDep) -> Principal:
+    return resolve_principal(request, session, settings)
+
+
+def resolve_principal(request: Request, session: Session, settings: Settings) -> Principal:
+    """Who is calling, from ``Authorization: Bearer <key>``; raises 401 when auth is on."""
+    if not auth_enabled(session, settings):
+        # No keys anywhere: only possible on a loopback-bound server (`serve` enforces that).
+        return Principal(owner="local", admin=True)
+    header = request.headers.get("authorization")
+    if not header:
+        raise _unauthorized("missing Authorization header: send 'Authorization: Bearer <key>'")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized("malformed Authorization header: expected 'Bearer <key>'")
+    principal = keys.authenticate(session, token.strip())
+    if principal is None:
+        raise _unauthorized("invalid or revoked API key")
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]

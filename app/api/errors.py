@@ -6,11 +6,15 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker.training.result import encode_float
@@ -60,8 +64,29 @@ async def _request_validation(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": details}, status_code=422)
 
 
+async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    # A restart or failover of the database is not the client's fault, nor a bug: say so.
+    return JSONResponse({"detail": "database unavailable, retry shortly"}, status_code=503,
+                        headers={"Retry-After": "2"})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        # Starlette names only the first route's methods; a path served by several routes
+        # (GET and POST /experiments) must list them all.
+        path = request.url.path
+        allowed = sorted({m for route in request.app.router.routes
+                          if isinstance(route, APIRoute) and route.path_regex.match(path)
+                          for m in route.methods or ()})
+        exc = StarletteHTTPException(405, exc.detail, headers={"Allow": ", ".join(allowed)})
+    return await http_exception_handler(request, exc)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _request_validation)
+    app.add_exception_handler(OperationalError, _database_unavailable)
 
 
 class BodySizeLimit:

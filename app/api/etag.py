@@ -13,8 +13,18 @@ def etag_json(request: Request, model: BaseModel, *, status_code: int = 200,
     body = model.model_dump_json().encode()
     tag = f'W/"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
     all_headers = {"ETag": tag, "Cache-Control": "no-cache", **(headers or {})}
-    match = request.headers.get("if-none-match")
-    if match and tag in {t.strip() for t in match.split(",")}:
+    if _matches(request.headers.get("if-none-match"), tag):
         return Response(status_code=304, headers=all_headers)
     return Response(body, status_code=status_code, media_type="application/json",
                     headers=all_headers)
+
+
+def _matches(if_none_match: str | None, tag: str) -> bool:
+    """RFC 9110 13.1.2: ``*`` matches any representation, and If-None-Match compares weakly
+    (``"x"`` matches ``W/"x"``): a client or proxy that drops the ``W/`` still gets its 304."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    opaque = tag.removeprefix("W/")
+    return any(t.strip().removeprefix("W/") == opaque for t in if_none_match.split(","))

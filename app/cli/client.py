@@ -21,8 +21,13 @@ def _check(response: httpx.Response) -> Any:
     return response.json()
 
 
-def submit(url: str, raw: dict[str, Any], *, watch: bool) -> None:
-    with httpx.Client(base_url=url, timeout=30) as client:
+def _client(url: str, api_key: str | None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.Client(base_url=url, timeout=30, headers=headers)
+
+
+def submit(url: str, raw: dict[str, Any], *, watch: bool, api_key: str | None) -> None:
+    with _client(url, api_key) as client:
         experiment = _check(client.post("/api/v1/experiments", json=raw))
         typer.echo(experiment["id"])
         if watch:
@@ -79,6 +84,6 @@ def _print(experiment: dict[str, Any]) -> None:
     Console().print(table)
 
 
-def show_status(url: str, experiment_id: str) -> None:
-    with httpx.Client(base_url=url, timeout=30) as client:
+def show_status(url: str, experiment_id: str, api_key: str | None) -> None:
+    with _client(url, api_key) as client:
         _print(_check(client.get(f"/api/v1/experiments/{experiment_id}")))

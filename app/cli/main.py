@@ -21,6 +21,8 @@ ConfigArg = Annotated[
 ]
 PresetOpt = Annotated[str | None, typer.Option(help="Preset applied underneath the config")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="key.path=value (repeatable)")]
+UrlOpt = Annotated[str, typer.Option(envvar="NORMLAB_URL", help="The service's base URL")]
+KeyOpt = Annotated[str | None, typer.Option(envvar="NORMLAB_API_KEY", help="API key")]
 
 
 def _export(**values: object) -> None:
@@ -104,7 +106,8 @@ def submit(
     set_: SetOpt = None,
     tag: Annotated[list[str] | None, typer.Option(help="Tag (repeatable)")] = None,
     watch: Annotated[bool, typer.Option(help="Show live progress until it finishes")] = False,
-    url: Annotated[str, typer.Option(envvar="NORMLAB_URL")] = "http://127.0.0.1:8000",
+    url: UrlOpt = "http://127.0.0.1:8000",
+    api_key: KeyOpt = None,
 ) -> None:
     """Submit an experiment to a running service; prints its id."""
     from app.cli.client import submit as do_submit
@@ -112,18 +115,65 @@ def submit(
     raw, _ = load_config(config, preset, set_ or [])
     if tag:
         raw["tags"] = tag
-    do_submit(url, raw, watch=watch)
+    do_submit(url, raw, watch=watch, api_key=api_key)
 
 
 @cli.command()
 def status(
-    experiment_id: str,
-    url: Annotated[str, typer.Option(envvar="NORMLAB_URL")] = "http://127.0.0.1:8000",
+    experiment_id: str, url: UrlOpt = "http://127.0.0.1:8000", api_key: KeyOpt = None
 ) -> None:
     """Show an experiment's status and summary."""
     from app.cli.client import show_status
 
-    show_status(url, experiment_id)
+    show_status(url, experiment_id, api_key)
+
+
+@cli.command()
+def reconcile(
+    once: Annotated[bool, typer.Option(help="One pass, then exit")] = False,
+    database_url: Annotated[str | None, typer.Option()] = None,
+    broker_url: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Re-send lost queued experiments, take back those whose worker died, enforce time limits."""
+    _export(database_url=database_url, broker_url=broker_url)
+    from app.cli.service import run_reconciler
+
+    run_reconciler(once)
+
+
+keys_cli = typer.Typer(no_args_is_help=True, help="API keys (stored as hashes).")
+cli.add_typer(keys_cli, name="keys")
+
+
+@keys_cli.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="The owner: experiments belong to it")],
+    admin: Annotated[bool, typer.Option(help="Sees and manages every owner's experiments")] = False,
+    database_url: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Create a key; it is printed once and never stored in clear."""
+    _export(database_url=database_url)
+    from app.cli.keys import create
+
+    create(name, admin)
+
+
+@keys_cli.command("list")
+def keys_list(database_url: Annotated[str | None, typer.Option()] = None) -> None:
+    """List keys (ids, owners, admin flag, revocation), never the keys themselves."""
+    _export(database_url=database_url)
+    from app.cli.keys import show
+
+    show()
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key_id: str, database_url: Annotated[str | None, typer.Option()] = None) -> None:
+    """Revoke a key by its id (as `keys list` shows it)."""
+    _export(database_url=database_url)
+    from app.cli.keys import revoke
+
+    revoke(key_id)
 
 
 def main() -> None:

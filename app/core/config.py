@@ -31,6 +31,22 @@ class Settings(BaseSettings):
     # The metric sink keeps retrying a lost database this long before failing the experiment.
     db_outage_limit_s: float = Field(300.0, gt=0)
 
+    # Reliability (see docs/reliability.md).
+    heartbeat_timeout_s: float = Field(60.0, gt=0)  # a running job silent this long is lost
+    max_attempts: int = Field(3, ge=1, le=100)  # lost-worker retries before "worker lost"
+    queued_grace_s: float = Field(60.0, gt=0)  # queued this long without a claim: send again
+    max_run_s: float = Field(24 * 3600.0, gt=0)  # per experiment, across attempts
+    reconcile_interval_s: float = Field(10.0, gt=0)
+    reconcile_in_worker: bool = True  # each worker process also runs the reconciler
+
+    # Security (see docs/security.md).
+    # "auto": keys are required as soon as one exists (a server without keys must bind loopback);
+    # "required": always (the compose deployment).
+    auth: Literal["auto", "required"] = "auto"
+    bootstrap_admin_key: str | None = None  # created at startup if missing (compose)
+    max_active_per_owner: int = Field(20, ge=1)  # queued + running experiments per owner
+    max_steps_per_experiment: int = Field(10_000_000, ge=1)  # epochs × steps per epoch
+
     # HTTP.
     stream_poll_s: float = Field(0.5, gt=0, le=10)  # how often an SSE stream checks for news
     # Comma-separated in the environment; empty = CORS off.

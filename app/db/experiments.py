@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, exists, select, update
+from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db.models import Experiment, ExperimentTag
+from app.db.models import Experiment, ExperimentTag, MetricPoint
 
 ACTIVE = ("queued", "running", "cancelling")
 FINISHED = ("succeeded", "diverged", "failed", "cancelled")
@@ -44,19 +44,24 @@ def create(
     *,
     config: dict[str, Any],
     tags: list[str],
+    owner: str = "local",
     idempotency_key: str | None = None,
     request_hash: str | None = None,
 ) -> tuple[Experiment, bool]:
-    """Insert a queued experiment and commit. Returns (experiment, created)."""
+    """Insert a queued experiment and commit. Returns (experiment, created).
+
+    Idempotency keys are scoped to the owner: one owner's key never reveals another's experiment.
+    """
     if idempotency_key is not None:
+        idempotency_key = f"{owner}:{idempotency_key}"
         previous = _by_idempotency_key(session, idempotency_key)
         if previous is not None:
             return _same_request(previous, request_hash), False
     stamp = now()
     experiment = Experiment(
-        id=uuid.uuid4(), name=config["name"], status="queued", config=config, created_at=stamp,
-        updated_at=stamp, attempt=0, has_checkpoint=False, idempotency_key=idempotency_key,
-        request_hash=request_hash,
+        id=uuid.uuid4(), name=config["name"], owner=owner, status="queued", config=config,
+        created_at=stamp, updated_at=stamp, attempt=0, has_checkpoint=False,
+        idempotency_key=idempotency_key, request_hash=request_hash,
     )
     session.add(experiment)
     session.add_all(ExperimentTag(experiment_id=experiment.id, tag=t) for t in dict.fromkeys(tags))
@@ -86,6 +91,14 @@ def _same_request(previous: Experiment, request_hash: str | None) -> Experiment:
 
 def get(session: Session, experiment_id: uuid.UUID) -> Experiment | None:
     return session.get(Experiment, experiment_id)
+
+
+def count_active(session: Session, owner: str) -> int:
+    """The owner's queued, running and cancelling experiments (the quota counts these)."""
+    return int(session.scalar(
+        select(func.count()).select_from(Experiment)
+        .where(Experiment.owner == owner, Experiment.status.in_(ACTIVE))
+    ) or 0)
 
 
 def tags_of(session: Session, experiment_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[str]]:
@@ -125,9 +138,12 @@ def list_page(
     status: str | None = None,
     tag: str | None = None,
     name: str | None = None,
+    owner: str | None = None,
 ) -> Page:
-    """Newest first, keyset-paginated on (created_at, id)."""
+    """Newest first, keyset-paginated on (created_at, id). ``owner=None`` lists every owner's."""
     query = select(Experiment)
+    if owner is not None:
+        query = query.where(Experiment.owner == owner)
     if status is not None:
         query = query.where(Experiment.status == status)
     if name is not None:
@@ -147,60 +163,6 @@ def list_page(
     more = len(rows) > limit
     items = rows[:limit]
     return Page(items, encode_cursor(items[-1]) if more and items else None)
-
-
-def claim(session: Session, experiment_id: uuid.UUID, *, worker: str) -> bool:
-    """queued → running, only if still queued: a duplicate delivery claims nothing."""
-    stamp = now()
-    result = session.execute(
-        update(Experiment)
-        .where(Experiment.id == experiment_id, Experiment.status == "queued")
-        .values(status="running", worker=worker, started_at=stamp, heartbeat_at=stamp,
-                updated_at=stamp, attempt=Experiment.attempt + 1, error=None)
-    )
-    session.commit()
-    return bool(result.rowcount)  # type: ignore[attr-defined]
-
-
-def set_device(session: Session, experiment_id: uuid.UUID, device: str) -> None:
-    session.execute(
-        update(Experiment).where(Experiment.id == experiment_id)
-        .values(device=device, updated_at=now())
-    )
-    session.commit()
-
-
-def heartbeat(session: Session, experiment_id: uuid.UUID) -> str | None:
-    """Record that the worker is alive; returns the current status (to see cancellation)."""
-    stamp = now()
-    session.execute(
-        update(Experiment).where(Experiment.id == experiment_id)
-        .values(heartbeat_at=stamp)
-    )
-    return session.scalar(select(Experiment.status).where(Experiment.id == experiment_id))
-
-
-def finish(
-    session: Session,
-    experiment_id: uuid.UUID,
-    *,
-    status: str,
-    summary: dict[str, Any] | None = None,
-    error: str | None = None,
-    has_checkpoint: bool = False,
-) -> None:
-    """running/cancelling → a terminal status. A cancellation request wins over success."""
-    stamp = now()
-    current = session.scalar(select(Experiment.status).where(Experiment.id == experiment_id))
-    if current == "cancelling" and status == "succeeded":
-        status = "cancelled"
-    session.execute(
-        update(Experiment)
-        .where(Experiment.id == experiment_id, Experiment.status.in_(("running", "cancelling")))
-        .values(status=status, summary=summary, error=error, finished_at=stamp,
-                updated_at=stamp, has_checkpoint=has_checkpoint)
-    )
-    session.commit()
 
 
 def request_cancel(session: Session, experiment_id: uuid.UUID) -> str:
@@ -225,9 +187,7 @@ def request_cancel(session: Session, experiment_id: uuid.UUID) -> str:
 
 
 def delete_finished(session: Session, experiment_id: uuid.UUID) -> None:
-    """Delete a finished experiment and (by cascade, or explicitly on SQLite) its metrics."""
-    from app.db.models import MetricPoint
-
+    """Delete a finished experiment with its metrics and tags (explicitly, not by cascade)."""
     result = session.execute(
         delete(Experiment)
         .where(Experiment.id == experiment_id, Experiment.status.in_(FINISHED))

@@ -33,6 +33,7 @@ class Experiment(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(100), index=True)
+    owner: Mapped[str] = mapped_column(String(64), default="local")
     status: Mapped[str] = mapped_column(String(16), index=True)
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -49,7 +50,10 @@ class Experiment(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     request_hash: Mapped[str | None] = mapped_column(String(64))
 
-    __table_args__ = (Index("ix_experiments_created", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_experiments_created", "created_at", "id"),
+        Index("ix_experiments_owner_status", "owner", "status"),
+    )
 
 
 class ExperimentTag(Base):
@@ -83,3 +87,16 @@ class MetricPoint(Base):
 
     # "This experiment's points after step S" without a scan (the polling query).
     __table_args__ = (Index("ix_metric_points_exp_step", "experiment_id", "step"),)
+
+
+class ApiKey(Base):
+    """An API key. Only a SHA-256 of the key is stored; ``key_id`` (public) finds the row."""
+
+    __tablename__ = "api_keys"
+
+    key_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    admin: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -8,7 +8,8 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from app.core.config import Settings
-from app.db import experiments
+from app.db import lifecycle
+from app.db.lifecycle import Lease
 from app.db.session import session_scope
 
 API = "/api/v1"
@@ -38,13 +39,15 @@ def submit(client: TestClient, body: dict[str, Any] | None = None, **kwargs: Any
     return response.json()
 
 
-def claim(settings: Settings, experiment_id: str) -> None:
+def claim(settings: Settings, experiment_id: str) -> Lease:
     with session_scope(settings.database_url) as session:
-        assert experiments.claim(session, uuid.UUID(experiment_id), worker="test-worker")
+        lease = lifecycle.claim(session, uuid.UUID(experiment_id), worker="test-worker")
+    assert lease is not None
+    return lease
 
 
 def finish(settings: Settings, experiment_id: str, status: str = "succeeded", **kw: Any) -> None:
     """queued → running → ``status``, the way a worker does it."""
-    claim(settings, experiment_id)
+    lease = claim(settings, experiment_id)
     with session_scope(settings.database_url) as session:
-        experiments.finish(session, uuid.UUID(experiment_id), status=status, **kw)
+        assert lifecycle.finish(session, lease, status=status, **kw)

@@ -272,7 +272,7 @@ def test_cancel_queued_is_cancelled_then_409(client: TestClient) -> None:
 
 def test_cancel_running_is_cancelling(client: TestClient, settings: Settings) -> None:
     body = submit(client, {})
-    claim(settings, body["id"])
+    lease = claim(settings, body["id"])
     response = client.post(f"{API}/experiments/{body['id']}/cancel")
     assert response.status_code == 202
     assert response.json()["status"] == "cancelling"
@@ -282,9 +282,9 @@ def test_cancel_running_is_cancelling(client: TestClient, settings: Settings) ->
     assert again.status_code == 202 and again.json()["status"] == "cancelling"
     # The worker's success now ends as cancelled.
     with session_scope(settings.database_url) as session:
-        from app.db import experiments
+        from app.db import lifecycle
 
-        experiments.finish(session, uuid.UUID(body["id"]), status="succeeded")
+        lifecycle.finish(session, lease, status="succeeded")
     assert client.get(f"{API}/experiments/{body['id']}").json()["status"] == "cancelled"
 
 

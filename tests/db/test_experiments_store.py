@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.db import experiments, metrics
+from app.db import experiments, lifecycle, metrics
 from app.db.models import Experiment, ExperimentTag, MetricPoint
 from app.db.session import session_factory
 from worker.training.result import MetricPoint as EnginePoint
@@ -28,10 +28,11 @@ def status_of(session: Session, experiment_id: uuid.UUID) -> str | None:
 
 def test_claim_succeeds_only_once(session: Session, db_url: str) -> None:
     experiment_id = new(session)
-    assert experiments.claim(session, experiment_id, worker="w1") is True
+    lease = lifecycle.claim(session, experiment_id, worker="w1")
+    assert lease is not None and (lease.worker, lease.attempt) == ("w1", 1)
     # A duplicate delivery, in another session as another worker would have, claims nothing.
     with session_factory(db_url)() as other:
-        assert experiments.claim(other, experiment_id, worker="w2") is False
+        assert lifecycle.claim(other, experiment_id, worker="w2") is None
     session.expire_all()
     row = experiments.get(session, experiment_id)
     assert row is not None
@@ -42,16 +43,18 @@ def test_claim_succeeds_only_once(session: Session, db_url: str) -> None:
 def test_claim_of_a_cancelled_experiment_fails(session: Session) -> None:
     experiment_id = new(session)
     assert experiments.request_cancel(session, experiment_id) == "cancelled"
-    assert experiments.claim(session, experiment_id, worker="w") is False
-    assert experiments.claim(session, uuid.uuid4(), worker="w") is False
+    assert lifecycle.claim(session, experiment_id, worker="w") is None
+    assert lifecycle.claim(session, uuid.uuid4(), worker="w") is None
 
 
 def test_finish_turns_success_into_cancelled_when_cancelling(session: Session) -> None:
     experiment_id = new(session)
-    experiments.claim(session, experiment_id, worker="w")
+    lease = lifecycle.claim(session, experiment_id, worker="w")
+    assert lease is not None
     assert experiments.request_cancel(session, experiment_id) == "cancelling"
     assert experiments.request_cancel(session, experiment_id) == "cancelling"
-    experiments.finish(session, experiment_id, status="succeeded", summary={"steps": 3})
+    lifecycle.finish(session, lease, status="succeeded", summary={"steps": 3})
+    session.commit()
     assert status_of(session, experiment_id) == "cancelled"
     row = experiments.get(session, experiment_id)
     assert row is not None and row.finished_at is not None and row.summary == {"steps": 3}
@@ -60,8 +63,10 @@ def test_finish_turns_success_into_cancelled_when_cancelling(session: Session) -
 @pytest.mark.parametrize("status", ["succeeded", "diverged", "failed"])
 def test_finish_records_the_worker_status(session: Session, status: str) -> None:
     experiment_id = new(session)
-    experiments.claim(session, experiment_id, worker="w")
-    experiments.finish(session, experiment_id, status=status, error="boom")
+    lease = lifecycle.claim(session, experiment_id, worker="w")
+    assert lease is not None
+    lifecycle.finish(session, lease, status=status, error="boom")
+    session.commit()
     assert status_of(session, experiment_id) == status
     with pytest.raises(experiments.InvalidTransitionError):
         experiments.request_cancel(session, experiment_id)
@@ -69,15 +74,19 @@ def test_finish_records_the_worker_status(session: Session, status: str) -> None
 
 def test_finish_does_not_touch_a_queued_experiment(session: Session) -> None:
     experiment_id = new(session)
-    experiments.finish(session, experiment_id, status="succeeded")
+    lease = lifecycle.Lease(experiment_id, "w", 1)  # a lease nobody was ever granted
+    assert not lifecycle.finish(session, lease, status="succeeded")
+    session.commit()
     assert status_of(session, experiment_id) == "queued"
 
 
 def test_a_diverged_experiment_stays_diverged_when_cancelling(session: Session) -> None:
     experiment_id = new(session)
-    experiments.claim(session, experiment_id, worker="w")
+    lease = lifecycle.claim(session, experiment_id, worker="w")
+    assert lease is not None
     experiments.request_cancel(session, experiment_id)
-    experiments.finish(session, experiment_id, status="diverged")
+    lifecycle.finish(session, lease, status="diverged")
+    session.commit()
     assert status_of(session, experiment_id) == "diverged"
 
 

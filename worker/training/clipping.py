@@ -30,16 +30,16 @@ class ClipStats:
     norms: list[torch.Tensor]  # per-parameter L2 norm of the gradient before clipping
     coef: torch.Tensor | None = None  # norm mode: the factor every gradient was multiplied by
     norms_after: list[torch.Tensor] | None = None  # value mode, measured: norms after clipping
-    n_clipped: list[torch.Tensor] | None = None  # value mode, measured: elements clipped
+    sqrt_clipped: list[torch.Tensor] | None = None  # value mode, measured: √(elements clipped)
 
     def tensors(self) -> list[torch.Tensor]:
         """The stats flattened in the column order ``decode`` expects."""
         out = list(self.norms)
         if self.coef is not None:
             out.append(self.coef)
-        if self.norms_after is not None and self.n_clipped is not None:
+        if self.norms_after is not None and self.sqrt_clipped is not None:
             out += self.norms_after
-            out += self.n_clipped
+            out += self.sqrt_clipped
         return out
 
 
@@ -71,19 +71,21 @@ def clip_gradients(
         coef = torch.clamp(threshold / (total + NORM_EPS), max=1.0)
         torch._foreach_mul_(grads, coef)
         return ClipStats(norms, coef=coef)
-    # mode == "value": count |g| > t as sign(max(|g| - t, 0)), summed by an L1 norm per tensor.
-    n_clipped: list[torch.Tensor] | None = None
+    # mode == "value". Elements clipped: the indicator |g| > t is sign(max(|g| - t, 0)), and the
+    # L2 norm of a 0/1 tensor is the square root of its count (L2 is the fast _foreach_norm path;
+    # ``decode`` squares and rounds it).
+    sqrt_clipped: list[torch.Tensor] | None = None
     if measure:
         over = torch._foreach_abs(grads)
         torch._foreach_sub_(over, threshold)
         torch._foreach_clamp_min_(over, 0.0)
         torch._foreach_sign_(over)
-        n_clipped = list(torch._foreach_norm(over, 1))
+        sqrt_clipped = list(torch._foreach_norm(over))
     torch._foreach_clamp_min_(grads, -threshold)
     torch._foreach_clamp_max_(grads, threshold)
-    if n_clipped is None:
+    if sqrt_clipped is None:
         return ClipStats(norms)
-    return ClipStats(norms, norms_after=list(torch._foreach_norm(grads)), n_clipped=n_clipped)
+    return ClipStats(norms, norms_after=list(torch._foreach_norm(grads)), sqrt_clipped=sqrt_clipped)
 
 
 def stats_width(mode: ClippingMode, n_params: int, measured: bool) -> int:
@@ -113,14 +115,15 @@ def decode(
         nan = np.full(n, np.nan)
         return ClipSummary(grad_norm, nan, nan.copy(), norms)
     after = _global_norm(cols[:, p : 2 * p])
-    fraction = cols[:, 2 * p : 3 * p].sum(axis=1) / float(sum(numels))
+    n_clipped = np.round(np.square(cols[:, 2 * p : 3 * p])).sum(axis=1)
+    fraction = n_clipped / float(sum(numels))
     return ClipSummary(grad_norm, after, fraction, norms)
 
 
 def summarize(stats: ClipStats, config: ClippingConfig, numels: list[int]) -> ClipSummary:
     """One step's statistics on the host (a sync point: for tests and debugging)."""
     row = torch.stack(stats.tensors()).to("cpu", torch.float64).numpy()[None, :]
-    return decode(row, config, numels, measured=stats.n_clipped is not None)
+    return decode(row, config, numels, measured=stats.sqrt_clipped is not None)
 
 
 def _global_norm(norms: np.ndarray) -> np.ndarray:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 DatasetName = Literal["digits", "mnist_5k", "mnist", "fashion_mnist", "synthetic"]
 Activation = Literal["relu", "elu", "leaky_relu", "selu", "tanh", "sigmoid", "identity"]
@@ -33,7 +34,21 @@ SplitSize = Annotated[int, Field(ge=0)] | Annotated[float, Field(ge=0.0, lt=1.0)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_default=True)
+    # strict: no silent coercion ("5" or true is not an epoch count), so bad types are errors.
+    model_config = ConfigDict(
+        extra="forbid", allow_inf_nan=False, validate_default=True, strict=True
+    )
+
+
+def _field_error(
+    model: str, message: str, *fields: tuple[tuple[str, ...], object]
+) -> ValidationError:
+    """A cross-field error located at the offending field(s), not at the enclosing section, so
+    that API clients and the CLI can point at them (``loc`` nests like any field error)."""
+    error = PydanticCustomError("value_error", message)
+    return ValidationError.from_exception_data(
+        model, [InitErrorDetails(type=error, loc=loc, input=value) for loc, value in fields]
+    )
 
 
 class SyntheticConfig(_Strict):
@@ -55,7 +70,12 @@ class DatasetConfig(_Strict):
     def _fractions_leave_training_data(self) -> Self:
         fractions = [s for s in (self.validation_size, self.test_size) if isinstance(s, float)]
         if sum(fractions) >= 1.0:
-            raise ValueError("validation_size + test_size must leave some data for training")
+            raise _field_error(
+                "DatasetConfig",
+                "validation_size + test_size must leave some data for training",
+                (("validation_size",), self.validation_size),
+                (("test_size",), self.test_size),
+            )
         return self
 
 
@@ -83,7 +103,11 @@ class ModelConfig(_Strict):
     @model_validator(mode="after")
     def _normal_init_needs_std(self) -> Self:
         if self.init == "normal" and self.init_std is None:
-            raise ValueError("init 'normal' needs init_std (the Gaussian's standard deviation)")
+            raise _field_error(
+                "ModelConfig",
+                "init 'normal' needs init_std (the Gaussian's standard deviation)",
+                (("init_std",), None),
+            )
         return self
 
 
@@ -105,7 +129,11 @@ class OptimizerConfig(_Strict):
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> Self:
         if self.nesterov and (self.name not in ("sgd", "momentum") or self.momentum == 0.0):
-            raise ValueError("nesterov needs optimizer 'sgd' or 'momentum' with momentum > 0")
+            raise _field_error(
+                "OptimizerConfig",
+                "nesterov needs optimizer 'sgd' or 'momentum' with momentum > 0",
+                (("nesterov",), True),
+            )
         return self
 
 
@@ -142,5 +170,9 @@ class ExperimentConfig(_Strict):
     @model_validator(mode="after")
     def _batch_norm_needs_batches(self) -> Self:
         if self.model.batch_norm.enabled and self.training.batch_size < 2:
-            raise ValueError("training.batch_size must be at least 2 with batch_norm enabled")
+            raise _field_error(
+                "ExperimentConfig",
+                "training.batch_size must be at least 2 with batch_norm enabled",
+                (("training", "batch_size"), self.training.batch_size),
+            )
         return self

@@ -117,7 +117,7 @@ def load_dataset(
             for f in IDX_FILES
         ]
         x_all, y_all, x_test, y_test = _read_idx_dataset(name, paths)
-        n_val = _split_count(cfg.validation_size, len(y_all), "validation_size")
+        n_val = split_count(cfg.validation_size, len(y_all), "validation_size")
         if n_val >= len(y_all):
             raise ValueError(
                 f"validation_size={cfg.validation_size!r} asks for {n_val} of the {len(y_all)} "
@@ -144,7 +144,7 @@ def load_dataset(
 _Parts = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-def _split_count(size: int | float, n: int, what: str) -> int:
+def split_count(size: int | float, n: int, what: str) -> int:
     """A split size as a sample count: an int is a count, a float in [0, 1) a fraction of n."""
     if isinstance(size, bool):
         raise ValueError(f"{what} must be an int count or a float fraction, got {size!r}")
@@ -159,8 +159,8 @@ def _split_count(size: int | float, n: int, what: str) -> int:
 
 def _pooled_split(name: str, x: np.ndarray, y: np.ndarray, cfg: DatasetConfig, seed: int) -> _Parts:
     n = len(y)
-    n_test = _split_count(cfg.test_size, n, "test_size")
-    n_val = _split_count(cfg.validation_size, n, "validation_size")
+    n_test = split_count(cfg.test_size, n, "test_size")
+    n_val = split_count(cfg.validation_size, n, "validation_size")
     if n_test + n_val >= n:
         verb = "exceed" if n_test + n_val > n else "use up"
         raise ValueError(

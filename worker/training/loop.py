@@ -9,25 +9,21 @@ hands the metric points to ``on_metrics``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from worker.training.checkpoint import save_checkpoint
+from worker.training.checkpoint import TrainingState, load_training_state, save_checkpoint
 from worker.training.clipping import clip_gradients
 from worker.training.config import ExperimentConfig, OptimizerConfig
 from worker.training.datasets import DataSplits
 from worker.training.evaluation import epoch_points, evaluate
 from worker.training.model import MLP
-from worker.training.recorder import StepBlock, StepRecorder
-from worker.training.result import MetricPoint, TrainResult, TrainStatus, TrainSummary
-
-OnMetrics = Callable[[Sequence[MetricPoint]], None]
-_Evaluated = tuple[dict[str, tuple[float, float]], list[MetricPoint]]
-EpochMetrics = Callable[[tuple[float, float], int, int], _Evaluated]
+from worker.training.progress import OnMetrics, RunProgress, _Evaluated
+from worker.training.recorder import StepRecorder
+from worker.training.result import TrainResult, TrainStatus
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
@@ -61,6 +57,8 @@ def train(
     on_metrics: OnMetrics,
     should_stop: Callable[[], bool] = lambda: False,
     checkpoint_path: Path | None = None,
+    resume_from: Path | None = None,
+    before_checkpoint: Callable[[], None] = lambda: None,
     flush_every_s: float = 1.0,
     max_pending_steps: int = 1024,
 ) -> TrainResult:
@@ -69,8 +67,10 @@ def train(
     A flush happens every ``flush_every_s`` seconds or ``max_pending_steps`` steps, and at the
     end of every epoch (with that epoch's evaluation). Every call of ``on_metrics`` holds *all*
     points of each step it mentions, so a reader paging by step never sees half a step.
-    ``should_stop`` is polled after each flush (cancellation). Same seed + same device →
-    identical metrics.
+    ``should_stop`` is polled after each flush; a stop is status "cancelled" (the caller knows
+    why). A checkpoint is written at every epoch end and at a stop, after ``before_checkpoint``
+    (the caller's barrier: stored metrics must never lag behind a checkpoint); ``resume_from``
+    continues from one exactly. Same seed + same device → identical metrics, resumed or not.
     """
     started = time.perf_counter()
     tcfg = config.training
@@ -104,24 +104,61 @@ def train(
         evals = evaluate(model, data, device)
         return evals, epoch_points(model, evals, train_stats, at_step, epoch)
 
-    run = _Run(recorder, on_metrics, should_stop, epoch_metrics)
+    run = RunProgress(recorder, on_metrics, should_stop, epoch_metrics)
     step = epochs_completed = 0
-    checkpoint_written = False
-    status: TrainStatus = "succeeded"
+    first_epoch, first_index, resumed_perm, earlier_s = 1, 0, None, 0.0
+    if resume_from is not None:
+        state = load_training_state(resume_from, model)
+        optimizer.load_state_dict(state.optimizer)
+        shuffle_gen.set_state(state.shuffle_rng)
+        run.load_state_dict(state.progress)
+        step, epochs_completed = state.step, state.epochs_completed
+        first_epoch, first_index, earlier_s = state.epoch, state.next_index, state.elapsed_s
+        resumed_perm = state.perm
 
-    for epoch in range(1, tcfg.epochs + 1):
+    def checkpoint(epoch: int, next_index: int, perm: torch.Tensor | None) -> None:
+        if checkpoint_path is None:
+            return
+        before_checkpoint()
+        save_checkpoint(
+            checkpoint_path,
+            model,
+            config,
+            TrainingState(
+                step=step,
+                epoch=epoch,
+                next_index=next_index,
+                epochs_completed=epochs_completed,
+                elapsed_s=earlier_s + time.perf_counter() - started,
+                progress=run.state_dict(),
+                optimizer=optimizer.state_dict(),
+                shuffle_rng=shuffle_gen.get_state(),
+                perm=perm,
+            ),
+        )
+
+    status: TrainStatus = "succeeded"
+    for epoch in range(first_epoch, tcfg.epochs + 1):
         if tcfg.max_steps is not None and step >= tcfg.max_steps:
             break
-        epoch_steps = n_steps if tcfg.max_steps is None else min(n_steps, tcfg.max_steps - step)
+        start_index = first_index if epoch == first_epoch else 0
+        epoch_steps = (
+            n_steps if tcfg.max_steps is None else min(n_steps, start_index + tcfg.max_steps - step)
+        )
         model.train()
-        perm = torch.randperm(n_train, generator=shuffle_gen).to(device)
+        if start_index and resumed_perm is not None:
+            perm = resumed_perm.to(device)  # continue the interrupted epoch's order
+        else:
+            perm = torch.randperm(n_train, generator=shuffle_gen).to(device)
         last_flush = time.monotonic()
-        for i in range(epoch_steps):
+        for i in range(start_index, epoch_steps):
             # Flush *before* a step, never after one: the epoch's last step is flushed together
             # with the epoch's metrics.
             if len(recorder) >= max_pending_steps or time.monotonic() - last_flush >= flush_every_s:
                 status = run.flush()
                 last_flush = time.monotonic()
+                if status == "cancelled":
+                    checkpoint(epoch, i, perm)  # stopped between steps: resumable right here
                 if status != "succeeded":
                     break
 
@@ -145,128 +182,18 @@ def train(
         if status != "succeeded":
             break
 
+        # ---- epoch end: evaluate (in the same flush as the last step), then checkpoint
         status = run.flush(epoch_end=(step, epoch))
         if status == "diverged":
             break
         epochs_completed += 1 if epoch_steps == n_steps else 0
-        if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, model, config)
-            checkpoint_written = True
+        checkpoint(epoch + 1, 0, None)
         if status == "cancelled":
             break
 
-    duration = time.perf_counter() - started
+    duration = earlier_s + time.perf_counter() - started
     return TrainResult(
         summary=run.summary(status, step, epochs_completed, duration),
         device=str(device),
-        checkpoint_written=checkpoint_written,
+        checkpoint_written=checkpoint_path is not None and checkpoint_path.is_file(),
     )
-
-
-class _Run:
-    """What the loop learns at each flush: divergence, training sums, evaluations, telemetry."""
-
-    def __init__(
-        self,
-        recorder: StepRecorder,
-        sink: OnMetrics,
-        should_stop: Callable[[], bool],
-        epoch_metrics: EpochMetrics,
-    ) -> None:
-        self.recorder, self.sink, self.should_stop = recorder, sink, should_stop
-        self.epoch_metrics = epoch_metrics
-        self.divergence: tuple[int, str] | None = None  # step, metric
-        self.samples = 0  # trained samples, over the whole run
-        self.best_val: float | None = None
-        self.last_test: float | None = None
-        self.last_loss: float | None = None
-        # This epoch's running sums of mini-batch loss x samples, correct and samples.
-        self._epoch = [0.0, 0.0, 0]
-        # Clipping telemetry over logged steps; the largest gradient norm over all steps.
-        self.logged_steps = self.clipped_steps = 0
-        self.clip_fraction_sum = 0.0
-        self.max_norm: tuple[float, int] | None = None
-
-    def flush(self, epoch_end: tuple[int, int] | None = None) -> TrainStatus:
-        """Drain the recorder and emit its points; at an epoch end (``(step, epoch)``) evaluate
-        and emit the epoch's points in the same batch; then poll ``should_stop``.
-
-        On divergence, the steps up to and including the first non-finite one are emitted (the
-        diverging step is reported even when it is not a logged step: its ``loss`` and
-        ``grad_norm``), the rest are dropped, and no epoch metrics are computed.
-        """
-        block = self.recorder.drain()
-        bad = block.first_non_finite()
-        if bad is not None:
-            block = block.head(bad + 1)
-        self._note_steps(block)
-        points = self.recorder.points(block)
-        if bad is not None:
-            step, epoch, wall = int(block.step[bad]), int(block.epoch[bad]), block.wall_time[bad]
-            loss, norm = float(block.loss[bad]), float(block.grad_norm[bad])
-            self.divergence = (step, "loss" if not np.isfinite(loss) else "grad_norm")
-            self.last_loss = loss
-            if not block.logged[bad]:
-                points += [
-                    MetricPoint("loss", step, epoch, loss, float(wall)),
-                    MetricPoint("grad_norm", step, epoch, norm, float(wall)),
-                ]
-        elif epoch_end is not None:
-            loss_sum, correct, seen = self._epoch
-            self._epoch = [0.0, 0.0, 0]
-            self.last_loss = loss_sum / seen
-            evals, epoch_points = self.epoch_metrics((loss_sum / seen, correct / seen), *epoch_end)
-            self._note_evaluation(evals)
-            points += epoch_points
-        if points:
-            self.sink(points)
-        if bad is not None:
-            return "diverged"
-        return "cancelled" if self.should_stop() else "succeeded"
-
-    def _note_steps(self, block: StepBlock) -> None:
-        if not len(block):
-            return
-        self._epoch[0] += float(np.dot(block.loss, block.samples))
-        self._epoch[1] += float(block.correct.sum())
-        self._epoch[2] += int(block.samples.sum())
-        self.samples += int(block.samples.sum())
-        fractions = block.clip_fraction[block.logged]
-        self.logged_steps += len(fractions)
-        self.clipped_steps += int((fractions > 0).sum())
-        self.clip_fraction_sum += float(np.nansum(fractions))
-        norms = np.where(np.isfinite(block.grad_norm), block.grad_norm, -np.inf)
-        k = int(np.argmax(norms))
-        if np.isfinite(norms[k]) and (self.max_norm is None or norms[k] > self.max_norm[0]):
-            self.max_norm = (float(norms[k]), int(block.step[k]))
-
-    def _note_evaluation(self, evals: dict[str, tuple[float, float]]) -> None:
-        if "val" in evals:
-            acc = evals["val"][1]
-            self.best_val = acc if self.best_val is None else max(self.best_val, acc)
-        if "test" in evals:
-            self.last_test = evals["test"][1]
-
-    def summary(
-        self, status: TrainStatus, steps: int, epochs: int, duration: float
-    ) -> TrainSummary:
-        div = self.divergence
-        return TrainSummary(
-            status=status,
-            # After a divergence the rest of the flush window trained on garbage: not counted.
-            steps=div[0] if div else steps,
-            epochs_completed=epochs,
-            final_test_accuracy=self.last_test if div is None else None,
-            best_val_accuracy=self.best_val,
-            final_loss=self.last_loss,
-            diverged_at_step=div[0] if div else None,
-            diverged_metric=div[1] if div else None,
-            duration_s=duration,
-            samples_per_s=self.samples / duration if duration > 0 else 0.0,
-            steps_clipped=self.clipped_steps,
-            max_grad_norm=self.max_norm[0] if self.max_norm else None,
-            max_grad_norm_step=self.max_norm[1] if self.max_norm else None,
-            mean_clip_fraction=(
-                self.clip_fraction_sum / self.logged_steps if self.logged_steps else None
-            ),
-        )

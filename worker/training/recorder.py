@@ -67,10 +67,7 @@ class StepRecorder:
         self.metric_names = [*STEP_METRICS, *(f"grad_norm/{n}" for n in layer_names)]
         self.clipping = clipping
         self.numels = numels
-        # Fixed 0/1 matrix: per-layer squared norm = sum of its parameters' squared norms.
-        self._assign = np.zeros((len(numels), len(layer_names)))
-        for li, indices in enumerate(layer_params):
-            self._assign[indices, li] = 1.0
+        self._layer_params = [np.asarray(indices, dtype=np.int64) for indices in layer_params]
         self._rows: list[torch.Tensor] = []
         self._meta: list[tuple[int, int, float, int, float, bool]] = []
 
@@ -114,7 +111,10 @@ class StepRecorder:
             grad_norm[where] = clip.grad_norm
             clipped[where] = clip.grad_norm_clipped
             fraction[where] = clip.clip_fraction
-            layer_norms[where] = np.sqrt(np.square(clip.param_norms) @ self._assign)
+            # A layer's norm: the root of the sum of its parameters' squared norms.
+            squares = np.square(clip.param_norms)
+            for li, indices in enumerate(self._layer_params):
+                layer_norms[where, li] = np.sqrt(squares[:, indices].sum(axis=1))
         return StepBlock(
             step=np.array([m[0] for m in meta], dtype=np.int64),
             epoch=np.array([m[1] for m in meta], dtype=np.int64),

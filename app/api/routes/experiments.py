@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from app.api.deps import DispatcherDep, SessionDep, SettingsDep
+from app.api.deps import DispatcherDep, PrincipalDep, SessionDep, SettingsDep
 from app.api.errors import body_error
 from app.api.etag import etag_json
 from app.api.schemas import (
@@ -27,10 +27,13 @@ from app.api.schemas import (
     Tag,
     submit_schema,
 )
+from app.core.config import Settings
 from app.db import experiments
+from app.db.keys import Principal
 from app.db.models import Experiment
 from app.dispatch import queue_for
 from worker.training.config import ExperimentConfig
+from worker.training.job import planned_steps
 from worker.training.presets import UnknownPresetError, build_config
 from worker.training.result import TrainSummary
 
@@ -59,9 +62,11 @@ def to_out(row: Experiment, tags: list[str]) -> ExperimentOut:
     )
 
 
-def load(session: Session, experiment_id: uuid.UUID) -> Experiment:
+def load(session: Session, experiment_id: uuid.UUID, principal: Principal) -> Experiment:
+    """The experiment, if it exists *and* the caller may see it: another owner's experiment is
+    a 404 too, so ids never leak whether they exist."""
     row = experiments.get(session, experiment_id)
-    if row is None:
+    if row is None or not (principal.admin or row.owner == principal.owner):
         raise HTTPException(404, f"experiment {experiment_id} not found")
     return row
 
@@ -91,10 +96,30 @@ def _validate_submission(body: Any) -> tuple[ExperimentConfig, list[str]]:
         raise body_error(exc) from exc
 
 
+def _check_quotas(session: Session, settings: Settings, principal: Principal,
+                  config: ExperimentConfig) -> None:
+    steps = planned_steps(config)
+    if steps > settings.max_steps_per_experiment:
+        raise RequestValidationError([{
+            "loc": ("body", "training"), "type": "quota",
+            "msg": f"this config trains {steps} steps (epochs × steps per epoch); the limit per "
+                   f"experiment is {settings.max_steps_per_experiment}",
+        }])
+    active = experiments.count_active(session, principal.owner)
+    if active >= settings.max_active_per_owner:
+        raise HTTPException(
+            429, f"{principal.owner} has {active} queued or running experiments (limit "
+                 f"{settings.max_active_per_owner}); wait for one to finish or cancel one",
+            headers={"Retry-After": "30"},
+        )
+
+
 @router.post(
     "", status_code=202, response_model=ExperimentOut,
     responses={409: {"model": Problem, "description": "Idempotency-Key reused with another body"},
-               413: {"model": Problem, "description": "Body over 1 MiB"}},
+               400: {"model": Problem, "description": "Malformed JSON"},
+               413: {"model": Problem, "description": "Body over 1 MiB"},
+               429: {"model": Problem, "description": "Too many active experiments"}},
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
         "schema": submit_schema(), "example": EXAMPLE}}}},
 )
@@ -103,15 +128,17 @@ def submit_experiment(
     session: SessionDep,
     settings: SettingsDep,
     dispatcher: DispatcherDep,
+    principal: PrincipalDep,
     body: Annotated[Any, Body()],
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> ExperimentOut:
     """Queue an experiment. The config may start from a `preset`; unset fields take defaults."""
     config, tags = _validate_submission(body)
+    _check_quotas(session, settings, principal, config)
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     try:
         row, created = experiments.create(
-            session, config=config.model_dump(mode="json"), tags=tags,
+            session, config=config.model_dump(mode="json"), tags=tags, owner=principal.owner,
             idempotency_key=idempotency_key, request_hash=digest,
         )
     except experiments.IdempotencyConflictError as exc:
@@ -129,6 +156,7 @@ def submit_experiment(
 @router.get("", response_model=ExperimentPage)
 def list_experiments(
     session: SessionDep,
+    principal: PrincipalDep,
     status: Status | None = None,
     tag: Tag | None = None,
     name: Annotated[str | None, Query(max_length=100)] = None,
@@ -138,7 +166,7 @@ def list_experiments(
     """Newest first. Pass `next_cursor` back as `cursor` for the next page."""
     try:
         page = experiments.list_page(session, limit=limit, cursor=cursor, status=status, tag=tag,
-                                     name=name)
+                                     name=name, owner=None if principal.admin else principal.owner)
     except ValueError as exc:
         raise RequestValidationError(
             [{"loc": ("query", "cursor"), "type": "value_error", "msg": str(exc)}]
@@ -149,30 +177,32 @@ def list_experiments(
 
 
 @router.get("/{experiment_id}", response_model=ExperimentOut, responses=NOT_FOUND)
-def get_experiment(experiment_id: uuid.UUID, request: Request, session: SessionDep) -> Response:
+def get_experiment(experiment_id: uuid.UUID, request: Request, session: SessionDep,
+                   principal: PrincipalDep) -> Response:
     """One experiment. Send the last `ETag` as `If-None-Match` to get 304 when unchanged."""
-    return etag_json(request, _one(session, load(session, experiment_id)))
+    return etag_json(request, _one(session, load(session, experiment_id, principal)))
 
 
 @router.post("/{experiment_id}/cancel", status_code=202, response_model=ExperimentOut,
              responses={**NOT_FOUND, **CONFLICT})
-def cancel_experiment(experiment_id: uuid.UUID, session: SessionDep) -> ExperimentOut:
+def cancel_experiment(experiment_id: uuid.UUID, session: SessionDep,
+                      principal: PrincipalDep) -> ExperimentOut:
     """Queued: cancelled at once. Running: `cancelling` until the worker stops (seconds)."""
-    load(session, experiment_id)
+    load(session, experiment_id, principal)
     try:
         experiments.request_cancel(session, experiment_id)
     except experiments.InvalidTransitionError as exc:
         raise HTTPException(409, str(exc)) from exc
     session.expire_all()
-    return _one(session, load(session, experiment_id))
+    return _one(session, load(session, experiment_id, principal))
 
 
 @router.delete("/{experiment_id}", status_code=204, responses={**NOT_FOUND, **CONFLICT})
 def delete_experiment(
-    experiment_id: uuid.UUID, session: SessionDep, settings: SettingsDep
+    experiment_id: uuid.UUID, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
 ) -> Response:
     """Delete a finished experiment with its metrics and checkpoint."""
-    load(session, experiment_id)
+    load(session, experiment_id, principal)
     try:
         experiments.delete_finished(session, experiment_id)
     except experiments.InvalidTransitionError as exc:
@@ -187,10 +217,10 @@ def delete_experiment(
                      "description": "safetensors file"}, **NOT_FOUND},
 )
 def get_checkpoint(
-    experiment_id: uuid.UUID, session: SessionDep, settings: SettingsDep
+    experiment_id: uuid.UUID, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
 ) -> FileResponse:
     """The model's weights and BN buffers as safetensors, with the config in its metadata."""
-    row = load(session, experiment_id)
+    row = load(session, experiment_id, principal)
     path = settings.checkpoint_path(experiment_id)
     if not path.is_file():
         raise HTTPException(404, f"experiment {experiment_id} has no checkpoint yet")

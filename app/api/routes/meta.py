@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from app.api.deps import DispatcherDep, SessionDep, SettingsDep
+from app.api.deps import (
+    DispatcherDep,
+    PrincipalDep,
+    SessionDep,
+    SettingsDep,
+    resolve_principal,
+)
 from app.api.schemas import PresetOut
 from app.db import health
 from worker.training.presets import PRESET_DESCRIPTIONS, PRESETS, build_config
@@ -14,7 +20,7 @@ router = APIRouter(tags=["meta"])
 
 
 @router.get("/presets", response_model=list[PresetOut])
-def list_presets() -> list[PresetOut]:
+def list_presets(_: PrincipalDep) -> list[PresetOut]:
     """Named configs from the seed text and the BN paper; use one with `"preset": name`."""
     return [
         PresetOut(name=name, description=PRESET_DESCRIPTIONS[name], config=build_config({}, name))
@@ -29,14 +35,19 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "A dependency is down"}})
-def readyz(session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep) -> JSONResponse:
+def readyz(request: Request, session: SessionDep, settings: SettingsDep,
+           dispatcher: DispatcherDep) -> JSONResponse:
     """The database is reachable and migrated, and the broker is reachable."""
     checks: dict[str, str] = {}
     try:
         health.check_database(session, settings.database_url)
         checks["database"] = "ok"
     except Exception as exc:
+        session.rollback()
         checks["database"] = f"error: {exc}"
+    if checks["database"] == "ok":
+        resolve_principal(request, session, settings)  # 401 without a key when auth is on
+    # (With the database down nobody can be authenticated; saying only that it is down is fine.)
     try:
         dispatcher.ping()
         checks["broker"] = "ok"

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 
-from app.api.deps import SessionDep
+from app.api.deps import PrincipalDep, SessionDep
 from app.api.etag import etag_json
 from app.api.routes.experiments import NOT_FOUND, load
 from app.api.schemas import MetricNameOut, MetricPage, MetricPointOut
@@ -38,6 +38,7 @@ def read_metrics(
     experiment_id: uuid.UUID,
     request: Request,
     session: SessionDep,
+    principal: PrincipalDep,
     names: Annotated[str | None, Query(max_length=4000, examples=["loss,grad_norm"])] = None,
     after_step: Annotated[int, Query(ge=-1, le=2**62)] = -1,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
@@ -47,7 +48,7 @@ def read_metrics(
     To follow a running experiment, poll with `after_step` = the last `next_after_step`:
     no point is ever missed or repeated.
     """
-    load(session, experiment_id)
+    load(session, experiment_id, principal)
     points, next_after = metrics.read_page(
         session, experiment_id, after_step=after_step, names=parse_names(names), limit=limit
     )
@@ -61,7 +62,8 @@ def read_metrics(
 
 @router.get("/{experiment_id}/metrics/names", response_model=list[MetricNameOut],
             responses=NOT_FOUND)
-def metric_names(experiment_id: uuid.UUID, session: SessionDep) -> list[MetricNameOut]:
-    load(session, experiment_id)
+def metric_names(experiment_id: uuid.UUID, session: SessionDep,
+                 principal: PrincipalDep) -> list[MetricNameOut]:
+    load(session, experiment_id, principal)
     return [MetricNameOut(name=n.name, count=n.count, last_step=n.last_step)
             for n in metrics.names(session, experiment_id)]

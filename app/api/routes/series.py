@@ -5,15 +5,15 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 
-from app.api.deps import SessionDep
+from app.api.deps import PrincipalDep, SessionDep
 from app.api.etag import etag_json
 from app.api.routes.experiments import NOT_FOUND, load
 from app.api.routes.metrics import parse_names
-from app.api.schemas import BucketOut, CompareAxis, CompareOut, ComparedExperiment, SeriesOut
-from app.db import experiments, series
+from app.api.schemas import BucketOut, CompareAxis, ComparedExperiment, CompareOut, SeriesOut
+from app.db import series
 from app.db.series import Bucket
 
 router = APIRouter(tags=["metrics"])
@@ -32,6 +32,7 @@ def _out(b: Bucket) -> BucketOut:
             responses=NOT_FOUND)
 def get_series(
     experiment_id: uuid.UUID, name: MetricPath, request: Request, session: SessionDep,
+    principal: PrincipalDep,
     points: Points = 500, from_step: StepQuery = None, to_step: StepQuery = None,
 ) -> Response:
     """At most `points` buckets over the step range, each with first/last/min/max/mean/count and
@@ -40,10 +41,11 @@ def get_series(
     if from_step is not None and to_step is not None and from_step > to_step:
         raise RequestValidationError([{"loc": ("query", "from_step"), "type": "value_error",
                                        "msg": "from_step must not exceed to_step"}])
-    load(session, experiment_id)
-    found = series.step_range(session, experiment_id, name, from_step, to_step)
+    load(session, experiment_id, principal)
+    found = series.step_range(session, experiment_id, name, from_step, to_step,
+                              count_cap=points + 1)
     buckets = series.series(session, experiment_id, name, points=points, from_step=from_step,
-                            to_step=to_step)
+                            to_step=to_step, found=found)
     out = SeriesOut(
         name=name, points=points, raw=found is not None and found.count <= points,
         from_step=found.lo if found else from_step, to_step=found.hi if found else to_step,
@@ -74,8 +76,10 @@ def _parse_ids(ids: str) -> list[uuid.UUID]:
     try:
         parsed = [uuid.UUID(p) for p in parts]
     except ValueError as exc:
-        raise RequestValidationError([{"loc": ("query", "ids"), "type": "uuid_parsing",
-                                       "msg": "ids must be comma-separated experiment UUIDs"}]) from exc
+        msg = "ids must be comma-separated experiment UUIDs"
+        raise RequestValidationError(
+            [{"loc": ("query", "ids"), "type": "uuid_parsing", "msg": msg}]
+        ) from exc
     if not 1 <= len(parsed) <= 20:
         raise RequestValidationError([{"loc": ("query", "ids"), "type": "value_error",
                                        "msg": "compare 1 to 20 experiments"}])
@@ -84,7 +88,7 @@ def _parse_ids(ids: str) -> list[uuid.UUID]:
 
 @router.get("/compare", response_model=CompareOut, responses=NOT_FOUND)
 def compare(
-    request: Request, session: SessionDep,
+    request: Request, session: SessionDep, principal: PrincipalDep,
     ids: Annotated[str, Query(max_length=800, description="Comma-separated experiment ids")],
     names: Annotated[str, Query(max_length=4000, examples=["test_accuracy,grad_norm"])] = "loss",
     points: Points = 500,
@@ -93,19 +97,14 @@ def compare(
     each experiment's config differences from the first one."""
     experiment_ids = _parse_ids(ids)
     metric_names = parse_names(names) or ["loss"]
-    rows = []
-    for experiment_id in experiment_ids:
-        row = experiments.get(session, experiment_id)
-        if row is None:
-            raise HTTPException(404, f"experiment {experiment_id} not found")
-        rows.append(row)
-    ranges = [series.step_range(session, r.id, n) for r in rows for n in metric_names]
+    rows = [load(session, experiment_id, principal) for experiment_id in experiment_ids]
+    ranges = [series.step_range(session, r.id, n, count_cap=1) for r in rows for n in metric_names]
     present = [r for r in ranges if r is not None]
     lo = min((r.lo for r in present), default=0)
     hi = max((r.hi for r in present), default=0)
     compared = [
         ComparedExperiment(
-            id=row.id, name=row.name, status=row.status,  # type: ignore[arg-type]
+            id=row.id, name=row.name, status=row.status,
             config_diff=config_diff(rows[0].config, row.config),
             series={n: [_out(b) for b in series.series(session, row.id, n, points=points,
                                                        raw_if_small=False, lo=lo, hi=hi)]

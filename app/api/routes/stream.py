@@ -12,32 +12,53 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Annotated
+import weakref
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, TypeVar
 
+import anyio.to_thread
+from anyio import CapacityLimiter
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
-from starlette.concurrency import run_in_threadpool
+from sqlalchemy import select
 
-from app.api.deps import SettingsDep
+from app.api.deps import SettingsDep, resolve_principal
 from app.api.routes.experiments import NOT_FOUND, load
 from app.api.schemas import MetricPointOut
 from app.core.config import Settings
-from app.db import experiments, metrics
+from app.db import metrics
 from app.db.experiments import FINISHED
+from app.db.models import Experiment
 from app.db.session import session_scope
 
 router = APIRouter(prefix="/experiments", tags=["metrics"])
 HEARTBEAT_S = 10.0
 BATCH = 5000
+MAX_STEP = 2**62  # the largest step the API accepts anywhere
+# Streams poll through threads of their own, at most this many at once: however many streams are
+# open, the server's shared thread pool (every other sync request) and the database pool keep
+# room for other requests. More threads would not poll faster on a 2-core machine anyway.
+POLL_THREADS = 4
+_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CapacityLimiter] = (
+    weakref.WeakKeyDictionary()
+)
+T = TypeVar("T")
+
+
+async def _in_poll_thread(func: Callable[..., T], *args: object) -> T:
+    loop = asyncio.get_running_loop()
+    limiter = _limiters.get(loop)
+    if limiter is None:
+        limiter = _limiters[loop] = CapacityLimiter(POLL_THREADS)
+    return await anyio.to_thread.run_sync(func, *args, limiter=limiter)
 
 
 def _poll(settings: Settings, experiment_id: uuid.UUID, after: int) -> tuple[str, str, int | None]:
     """(status, metrics JSON, next_after). Status is read *before* the points: the worker commits
     every point before the terminal status, so a terminal status means no points are pending."""
     with session_scope(settings.database_url) as session:
-        row = experiments.get(session, experiment_id)
-        status = row.status if row is not None else "deleted"
+        found = session.scalar(select(Experiment.status).where(Experiment.id == experiment_id))
+        status = found if found is not None else "deleted"
         points, next_after = metrics.read_page(session, experiment_id, after_step=after,
                                                limit=BATCH)
     payload = ",".join(
@@ -58,7 +79,7 @@ async def _events(request: Request, settings: Settings, experiment_id: uuid.UUID
     last_status, last_sent = None, time.monotonic()
     yield "retry: 2000\n\n"
     while True:
-        status, batch, next_after = await run_in_threadpool(_poll, settings, experiment_id, after)
+        status, batch, next_after = await _in_poll_thread(_poll, settings, experiment_id, after)
         if status != last_status:
             yield _event("status", json.dumps({"status": status}))
             last_status, last_sent = status, time.monotonic()
@@ -89,12 +110,15 @@ async def stream(
     last_event_id: Annotated[str | None, Header(max_length=32)] = None,
 ) -> StreamingResponse:
     """Live status and metrics as Server-Sent Events; resume with `Last-Event-ID`."""
+    # Auth and the ownership check use a session of their own, closed before streaming starts:
+    # a dependency's session would hold a database connection for the stream's whole life.
     def check() -> None:
         with session_scope(settings.database_url) as session:
-            load(session, experiment_id)
+            load(session, experiment_id, resolve_principal(request, session, settings))
 
-    await run_in_threadpool(check)
+    await _in_poll_thread(check)
     after = int(last_event_id) if last_event_id and last_event_id.strip().isdigit() else -1
+    after = min(after, MAX_STEP)  # an id no stream sent must not overflow a database integer
     return StreamingResponse(
         _events(request, settings, experiment_id, after),
         media_type="text/event-stream",

@@ -1,0 +1,197 @@
+"""Fault tests on real processes, Redis and Postgres: no experiment lost or run twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.conftest import (
+    TERMINAL,
+    Process,
+    all_points,
+    service_env,
+    start_api,
+    start_worker,
+    wait_status,
+)
+
+# Long enough to interrupt after a checkpoint, short enough for CI: ~6 epochs of ~1 s on 2 cores.
+LONG: dict[str, Any] = {
+    "dataset": {"name": "synthetic", "synthetic": {"samples": 6000, "features": 256}},
+    "model": {"hidden_layers": [256, 128]},
+    "optimizer": {"learning_rate": 0.05},
+    "training": {"epochs": 6, "batch_size": 32},
+    "resources": {"device": "cpu"},
+}
+
+
+class Stack:
+    """An API process plus any number of worker processes sharing Postgres and Redis."""
+
+    def __init__(self, env: dict[str, str], tmp: Path, client: httpx.Client) -> None:
+        self.env, self.tmp, self.client = env, tmp, client
+        self.workers: list[Process] = []
+
+    def worker(self, name: str, **env: str) -> Process:
+        process = start_worker({**self.env, **env}, self.tmp, name=name)
+        self.workers.append(process)
+        return process
+
+    def submit(self, body: dict[str, Any]) -> str:
+        response = self.client.post("/api/v1/experiments", json=body)
+        assert response.status_code == 202, response.text
+        return str(response.json()["id"])
+
+    def get(self, experiment_id: str) -> dict[str, Any]:
+        return self.client.get(f"/api/v1/experiments/{experiment_id}").json()
+
+    def wait_epochs(self, experiment_id: str, epochs: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            points = all_points(self.client, experiment_id, names="test_accuracy")
+            if len(points) >= epochs:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"{experiment_id} did not reach epoch {epochs}")
+
+
+@pytest.fixture
+def stack(postgres_url: str, redis_url: str, tmp_path: Path) -> Iterator[Stack]:
+    import redis
+
+    from app.db.migrate import upgrade
+
+    redis.Redis.from_url(redis_url).flushdb()
+    upgrade(postgres_url)
+    env = service_env(
+        tmp_path, NORMLAB_DATABASE_URL=postgres_url, NORMLAB_BROKER_URL=redis_url,
+        NORMLAB_HEARTBEAT_TIMEOUT_S="3", NORMLAB_RECONCILE_INTERVAL_S="0.5",
+        NORMLAB_QUEUED_GRACE_S="2",
+    )
+    api, base = start_api(env, tmp_path)
+    client = httpx.Client(base_url=base, timeout=30)
+    stack = Stack(env, tmp_path, client)
+    try:
+        yield stack
+    finally:
+        for worker in stack.workers:
+            worker.stop(signal.SIGKILL)
+        client.close()
+        api.stop()
+
+
+def assert_gapless(client: httpx.Client, experiment: dict[str, Any]) -> None:
+    """Every step once, every epoch's evaluation once: as if never interrupted."""
+    experiment_id, summary = experiment["id"], experiment["summary"]
+    epochs = experiment["config"]["training"]["epochs"]
+    assert summary["epochs_completed"] == epochs
+    loss = [p["step"] for p in all_points(client, experiment_id, names="loss")]
+    assert loss == list(range(1, summary["steps"] + 1))
+    evals = [p["epoch"] for p in all_points(client, experiment_id, names="test_accuracy")]
+    assert evals == list(range(1, epochs + 1))
+
+
+def test_sigkill_worker_then_another_resumes(stack: Stack) -> None:
+    first = stack.worker("victim")
+    experiment_id = stack.submit(LONG)
+    stack.wait_epochs(experiment_id, 2)
+    first.stop(signal.SIGKILL)  # the whole process group: parent, job and reconciler
+    stack.worker("rescuer")
+    done = wait_status(stack.client, experiment_id, TERMINAL, timeout=120)
+    assert done["status"] == "succeeded", done
+    assert done["attempt"] == 2 and done["worker"].startswith("rescuer@")
+    assert_gapless(stack.client, done)
+
+
+def test_redis_flush_loses_no_queued_experiment(stack: Stack, redis_url: str) -> None:
+    import redis
+
+    small = {**LONG, "training": {"epochs": 1, "batch_size": 64}}
+    ids = [stack.submit(small) for _ in range(3)]  # no worker yet: all stay queued
+    redis.Redis.from_url(redis_url).flushall()
+    stack.worker("after-flush")
+    for experiment_id in ids:
+        assert wait_status(stack.client, experiment_id, TERMINAL, timeout=120)["status"] == (
+            "succeeded"
+        )
+
+
+def _restart_postgres() -> None:
+    cluster = sorted(os.listdir("/etc/postgresql"))[0]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "restart"],
+                   check=True, capture_output=True)
+
+
+def test_postgres_restart_loses_no_point(stack: Stack) -> None:
+    if not Path("/etc/postgresql").is_dir() or os.geteuid() != 0:
+        pytest.skip("needs a local Postgres cluster this test may restart")
+    stack.worker("steady")
+    experiment_id = stack.submit(LONG)
+    stack.wait_epochs(experiment_id, 1)
+    _restart_postgres()
+    done = wait_status(stack.client, experiment_id, TERMINAL, timeout=120)
+    assert done["status"] == "succeeded", done
+    assert done["attempt"] == 1
+    assert_gapless(stack.client, done)
+
+
+def test_redelivery_never_trains_twice(stack: Stack) -> None:
+    short_visibility = {"NORMLAB_VISIBILITY_TIMEOUT_S": "10"}
+    one = stack.worker("one", **short_visibility)
+    two = stack.worker("two", **short_visibility)
+    experiment_id = stack.submit({**LONG, "training": {"epochs": 12, "batch_size": 32}})
+    done = wait_status(stack.client, experiment_id, TERMINAL, timeout=180)
+    assert done["status"] == "succeeded", done
+    assert done["attempt"] == 1  # exactly one claim
+    assert_gapless(stack.client, done)
+    logs = one.log.read_text() + two.log.read_text()
+    assert logs.count(f"claimed {experiment_id}") == 1
+
+
+def test_sigterm_hands_back_and_another_worker_resumes(stack: Stack) -> None:
+    leaving = stack.worker("leaving")
+    experiment_id = stack.submit(LONG)
+    stack.wait_epochs(experiment_id, 2)
+    os.kill(leaving.proc.pid, signal.SIGTERM)  # the worker's parent, as `docker stop` does
+    leaving.proc.wait(timeout=30)  # bounded shutdown
+    assert "handed back" in leaving.log.read_text()
+    assert stack.get(experiment_id)["status"] in ("queued", "running")
+    stack.worker("next")
+    done = wait_status(stack.client, experiment_id, TERMINAL, timeout=120)
+    assert done["status"] == "succeeded", done
+    assert done["attempt"] == 2 and done["worker"].startswith("next@")
+    assert_gapless(stack.client, done)
+
+
+def test_cancel_in_every_state(stack: Stack) -> None:
+    queued = stack.submit(LONG)  # no worker: stays queued
+    response = stack.client.post(f"/api/v1/experiments/{queued}/cancel")
+    assert response.status_code == 202 and response.json()["status"] == "cancelled"
+
+    worker = stack.worker("w")
+    running = stack.submit(LONG)
+    wait_status(stack.client, running, {"running"})
+    started = time.monotonic()
+    stack.client.post(f"/api/v1/experiments/{running}/cancel")
+    assert wait_status(stack.client, running, TERMINAL, timeout=10)["status"] == "cancelled"
+    assert time.monotonic() - started < 5
+
+    orphan = stack.submit(LONG)
+    stack.wait_epochs(orphan, 1)
+    worker.stop(signal.SIGKILL)
+    assert stack.client.post(f"/api/v1/experiments/{orphan}/cancel").json()["status"] == (
+        "cancelling"
+    )
+    stack.worker("cleaner")  # its reconciler finds the orphan's heartbeat stale
+    done = wait_status(stack.client, orphan, TERMINAL, timeout=60)
+    assert done["status"] == "cancelled" and done["attempt"] == 1  # never resumed
+    assert queued != running != orphan and uuid.UUID(orphan)

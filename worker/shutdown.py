@@ -1,0 +1,45 @@
+"""Graceful shutdown of a job: SIGTERM (or SIGUSR1 from the worker's parent) asks the running job
+to checkpoint and hand its experiment back instead of dying mid-step."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from types import FrameType
+
+requested = threading.Event()
+
+
+def _on_signal(_signum: int, _frame: FrameType | None) -> None:
+    requested.set()
+
+
+def install_job_handlers() -> None:
+    """In the process that trains (a pool child): SIGTERM/SIGUSR1 → finish cleanly."""
+    requested.clear()
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGUSR1, _on_signal)
+
+
+def child_pids(parent: int | None = None) -> list[int]:
+    """Direct children of ``parent`` (default: this process), read from /proc."""
+    parent = os.getpid() if parent is None else parent
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = open(f"/proc/{entry}/stat").read()  # noqa: SIM115
+            # Field 4 is the parent pid; the command name (field 2) may hold spaces.
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+                pids.append(int(entry))
+    return pids
+
+
+def forward_to_children() -> None:
+    """In the worker's parent, on warm shutdown: tell each job to wind down."""
+    for pid in child_pids():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGUSR1)
