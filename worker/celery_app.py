@@ -44,7 +44,11 @@ def create_celery(settings: Settings) -> Celery:
         }
     else:
         app.conf.broker_url = settings.broker_url
-        app.conf.broker_transport_options = {"visibility_timeout": settings.visibility_timeout_s}
+        options: dict[str, object] = {"visibility_timeout": settings.visibility_timeout_s}
+        if settings.redis_restore_interval_s is not None:
+            options["unacked_restore_interval"] = settings.redis_restore_interval_s
+            options["unacked_restore_throttle"] = 1
+        app.conf.broker_transport_options = options
     app.conf.update(
         task_acks_late=True,  # a job lost with its worker is redelivered...
         task_reject_on_worker_lost=True,
@@ -60,7 +64,6 @@ def create_celery(settings: Settings) -> Celery:
 @worker_process_init.connect
 def _in_pool_child(**_: object) -> None:
     dispose_after_fork()
-    shutdown.install_job_handlers()
 
 
 @worker_shutting_down.connect

@@ -29,6 +29,7 @@ T = TypeVar("T")
 def execute(experiment_id: uuid.UUID, *, settings: Settings, worker_name: str,
             dispatcher: Callable[[], Dispatcher]) -> str:
     """Run one experiment if it is still queued; returns what happened."""
+    shutdown.install_job_handlers()
     url = settings.database_url
 
     def db(what: str, work: Callable[[Any], T]) -> T:

@@ -1,5 +1,6 @@
-"""Graceful shutdown of a job: SIGTERM (or SIGUSR1 from the worker's parent) asks the running job
-to checkpoint and hand its experiment back instead of dying mid-step."""
+"""Graceful shutdown of a job: SIGTERM (or SIGUSR2 from the worker's parent) asks the running job
+to checkpoint and hand its experiment back instead of dying mid-step. (SIGUSR1 is taken: the
+pool uses it for soft time limits.)"""
 
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ def _on_signal(_signum: int, _frame: FrameType | None) -> None:
 
 
 def install_job_handlers() -> None:
-    """In the process that trains (a pool child): SIGTERM/SIGUSR1 → finish cleanly."""
+    """In the process that trains, when a job starts: SIGTERM/SIGUSR2 → finish cleanly."""
     requested.clear()
     signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGUSR1, _on_signal)
+    signal.signal(signal.SIGUSR2, _on_signal)
 
 
 def child_pids(parent: int | None = None) -> list[int]:
@@ -42,4 +43,4 @@ def forward_to_children() -> None:
     """In the worker's parent, on warm shutdown: tell each job to wind down."""
     for pid in child_pids():
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGUSR1)
+            os.kill(pid, signal.SIGUSR2)

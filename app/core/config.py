@@ -27,7 +27,10 @@ class Settings(BaseSettings):
     worker_device: str | None = None  # a worker's --device, overriding "auto"/"cuda"
     metric_flush_s: float = Field(1.0, gt=0, le=60)
     # Redis redelivers an unacknowledged job after this long; claims make redelivery harmless.
-    visibility_timeout_s: int = Field(6 * 3600, ge=10)
+    visibility_timeout_s: int = Field(6 * 3600, ge=1)
+    # How often a Redis worker sweeps for unacknowledged messages to redeliver (None: kombu's
+    # default, about every 100 s). Tests shorten it to provoke redelivery.
+    redis_restore_interval_s: int | None = Field(None, ge=1)
     # The metric sink keeps retrying a lost database this long before failing the experiment.
     db_outage_limit_s: float = Field(300.0, gt=0)
 

@@ -135,9 +135,10 @@ def test_postgres_restart_loses_no_point(stack: Stack) -> None:
     if not Path("/etc/postgresql").is_dir() or os.geteuid() != 0:
         pytest.skip("needs a local Postgres cluster this test may restart")
     stack.worker("steady")
-    experiment_id = stack.submit(LONG)
+    experiment_id = stack.submit({**LONG, "training": {"epochs": 60, "batch_size": 32}})
     stack.wait_epochs(experiment_id, 1)
     _restart_postgres()
+    assert stack.get(experiment_id)["status"] == "running"  # the restart hit a live run
     done = wait_status(stack.client, experiment_id, TERMINAL, timeout=120)
     assert done["status"] == "succeeded", done
     assert done["attempt"] == 1
@@ -145,16 +146,18 @@ def test_postgres_restart_loses_no_point(stack: Stack) -> None:
 
 
 def test_redelivery_never_trains_twice(stack: Stack) -> None:
-    short_visibility = {"NORMLAB_VISIBILITY_TIMEOUT_S": "10"}
+    # Redis hands an unacknowledged message to another worker after 2 s (checked every second).
+    short_visibility = {"NORMLAB_VISIBILITY_TIMEOUT_S": "2", "NORMLAB_REDIS_RESTORE_INTERVAL_S": "1"}
     one = stack.worker("one", **short_visibility)
     two = stack.worker("two", **short_visibility)
-    experiment_id = stack.submit({**LONG, "training": {"epochs": 12, "batch_size": 32}})
+    experiment_id = stack.submit({**LONG, "training": {"epochs": 20, "batch_size": 32}})
     done = wait_status(stack.client, experiment_id, TERMINAL, timeout=180)
     assert done["status"] == "succeeded", done
     assert done["attempt"] == 1  # exactly one claim
     assert_gapless(stack.client, done)
     logs = one.log.read_text() + two.log.read_text()
     assert logs.count(f"claimed {experiment_id}") == 1
+    assert f"skipped {experiment_id}" in logs  # it was delivered again, and refused
 
 
 def test_sigterm_hands_back_and_another_worker_resumes(stack: Stack) -> None:

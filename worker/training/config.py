@@ -148,6 +148,8 @@ class TrainingConfig(_Strict):
     seed: int = Field(default=42, ge=0, le=2**32 - 1)
     max_steps: int | None = Field(default=None, ge=1, le=100_000_000)
     log_every_steps: int = Field(default=1, ge=1, le=1_000_000)
+    # act/<layer>/p15|p50|p85 every epoch, and also every this many steps when set.
+    activation_stats_every_steps: int | None = Field(default=None, ge=1, le=1_000_000)
 
 
 class ResourcesConfig(_Strict):

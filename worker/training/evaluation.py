@@ -59,3 +59,44 @@ def epoch_points(
         values[f"bn/{name}/running_mean_abs"] = bn.running_mean.abs().mean().item()
         values[f"bn/{name}/running_var_mean"] = bn.running_var.mean().item()
     return [MetricPoint(name, step, epoch, value, now) for name, value in values.items()]
+
+
+# Ioffe & Szegedy's Figure 1(b, c): percentiles of the activation's input over training.
+PERCENTILES = (("p15", 0.15), ("p50", 0.50), ("p85", 0.85))
+PROBE_SIZE = 1024
+
+
+def probe_inputs(data: DataSplits) -> np.ndarray:
+    """A fixed set of inputs (validation, else test, else training) the percentiles are taken on,
+    so that successive measurements differ only because the network changed."""
+    for x in (data.x_val, data.x_test, data.x_train):
+        if len(x):
+            return x[:PROBE_SIZE]
+    raise ValueError("no data to probe activations with")
+
+
+@torch.no_grad()
+def activation_percentiles(model: MLP, probe: torch.Tensor) -> torch.Tensor:
+    """[n_layers, 3] percentiles of each layer's pre-activation over all its units and the probe
+    inputs, in evaluation mode (BN uses its moving averages). Stays on the device: no sync."""
+    was_training = model.training
+    model.eval()
+    q = torch.tensor([p for _, p in PERCENTILES], device=probe.device)
+    rows, x = [], probe
+    for _, layer in model.layer_items():
+        z = layer.pre_activation(x)
+        rows.append(torch.quantile(z.flatten().float(), q))
+        x = layer.from_pre_activation(z)
+    model.train(was_training)
+    return torch.stack(rows)
+
+
+def activation_points(
+    model: MLP, values: np.ndarray, step: int, epoch: int, wall_time: float
+) -> list[MetricPoint]:
+    """``act/<layer>/p15|p50|p85`` points from ``activation_percentiles`` copied to the host."""
+    return [
+        MetricPoint(f"act/{name}/{label}", step, epoch, float(values[li, pi]), wall_time)
+        for li, (name, _) in enumerate(model.layer_items())
+        for pi, (label, _) in enumerate(PERCENTILES)
+    ]

@@ -19,11 +19,17 @@ from worker.training.checkpoint import TrainingState, load_training_state, save_
 from worker.training.clipping import clip_gradients
 from worker.training.config import ExperimentConfig, OptimizerConfig
 from worker.training.datasets import DataSplits
-from worker.training.evaluation import epoch_points, evaluate
+from worker.training.evaluation import (
+    activation_percentiles,
+    activation_points,
+    epoch_points,
+    evaluate,
+    probe_inputs,
+)
 from worker.training.model import MLP
 from worker.training.progress import OnMetrics, RunProgress, _Evaluated
 from worker.training.recorder import StepRecorder
-from worker.training.result import TrainResult, TrainStatus
+from worker.training.result import MetricPoint, TrainResult, TrainStatus
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
@@ -99,10 +105,31 @@ def train(
         config.clipping,
     )
 
+    probe = torch.from_numpy(probe_inputs(data)).to(device)
+    every_k = tcfg.activation_stats_every_steps
+    pending_act: list[tuple[int, int, float, torch.Tensor]] = []  # step, epoch, time, [L, 3]
+
     def epoch_metrics(train_stats: tuple[float, float], at_step: int, epoch: int) -> _Evaluated:
         # The seed's is_training=False: validation and test use the moving averages.
         evals = evaluate(model, data, device)
-        return evals, epoch_points(model, evals, train_stats, at_step, epoch)
+        act = activation_percentiles(model, probe).cpu().numpy()
+        return evals, [
+            *epoch_points(model, evals, train_stats, at_step, epoch),
+            *activation_points(model, act, at_step, epoch, time.time()),
+        ]
+
+    def take_act_points() -> list[MetricPoint]:
+        """Percentiles measured every K steps, copied to the host in one go (a sync point)."""
+        if not pending_act:
+            return []
+        values = torch.stack([t for *_, t in pending_act]).cpu().numpy()
+        points = [
+            p
+            for (s, e, w, _), v in zip(pending_act, values, strict=True)
+            for p in activation_points(model, v, s, e, w)
+        ]
+        pending_act.clear()
+        return points
 
     run = RunProgress(recorder, on_metrics, should_stop, epoch_metrics)
     step = epochs_completed = 0
@@ -155,7 +182,7 @@ def train(
             # Flush *before* a step, never after one: the epoch's last step is flushed together
             # with the epoch's metrics.
             if len(recorder) >= max_pending_steps or time.monotonic() - last_flush >= flush_every_s:
-                status = run.flush()
+                status = run.flush(extra=take_act_points())
                 last_flush = time.monotonic()
                 if status == "cancelled":
                     checkpoint(epoch, i, perm)  # stopped between steps: resumable right here
@@ -179,11 +206,14 @@ def train(
             correct = (logits.detach().argmax(dim=1) == yb).sum(dtype=logits.dtype)
             lr = float(optimizer.param_groups[0]["lr"])
             recorder.record(step, epoch, len(idx), lr, loss.detach(), correct, stats, logged=logged)
+            # (The epoch's last step gets its percentiles with the epoch's evaluation.)
+            if every_k is not None and step % every_k == 0 and i != epoch_steps - 1:
+                pending_act.append((step, epoch, time.time(), activation_percentiles(model, probe)))
         if status != "succeeded":
             break
 
         # ---- epoch end: evaluate (in the same flush as the last step), then checkpoint
-        status = run.flush(epoch_end=(step, epoch))
+        status = run.flush(epoch_end=(step, epoch), extra=take_act_points())
         if status == "diverged":
             break
         epochs_completed += 1 if epoch_steps == n_steps else 0

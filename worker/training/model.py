@@ -49,11 +49,14 @@ class Layer(nn.Module):
             z = self.bn(z)
         return z
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.activation(self.pre_activation(x))
+    def from_pre_activation(self, z: torch.Tensor) -> torch.Tensor:
+        a = self.activation(z)
         if self.bn is not None and not self.bn_first:
             a = self.bn(a)
         return a
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.from_pre_activation(self.pre_activation(x))
 
 
 class MLP(nn.Module):

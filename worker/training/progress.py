@@ -39,7 +39,9 @@ class RunProgress:
         self.clip_fraction_sum = 0.0
         self.max_norm: tuple[float, int] | None = None
 
-    def flush(self, epoch_end: tuple[int, int] | None = None) -> TrainStatus:
+    def flush(
+        self, epoch_end: tuple[int, int] | None = None, extra: Sequence[MetricPoint] = ()
+    ) -> TrainStatus:
         """Drain the recorder and emit its points; at an epoch end (``(step, epoch)``) evaluate
         and emit the epoch's points in the same batch; then poll ``should_stop``.
 
@@ -53,6 +55,9 @@ class RunProgress:
             block = block.head(bad + 1)
         self._note_steps(block)
         points = self.recorder.points(block)
+        # Extra per-step points (activation percentiles) follow their steps' fate.
+        last_kept = int(block.step[-1]) if bad is not None and len(block) else None
+        points += [p for p in extra if last_kept is None or p.step <= last_kept]
         if bad is not None:
             step, epoch, wall = int(block.step[bad]), int(block.epoch[bad]), block.wall_time[bad]
             loss, norm = float(block.loss[bad]), float(block.grad_norm[bad])
