@@ -64,6 +64,11 @@ def create_celery(settings: Settings) -> Celery:
 @worker_process_init.connect
 def _in_pool_child(**_: object) -> None:
     dispose_after_fork()
+    threads = get_settings().torch_threads
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 @worker_shutting_down.connect

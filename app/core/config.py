@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     # Routing: which queue a config with device "auto" goes to ("gpu" where GPU workers exist).
     auto_queue: Literal["cpu", "gpu"] = "cpu"
     worker_device: str | None = None  # a worker's --device, overriding "auto"/"cuda"
+    # Intra-op threads per training process (None: torch's default, one per core). Several jobs
+    # on one CPU machine should split the cores rather than oversubscribe them.
+    torch_threads: int | None = Field(None, ge=1, le=256)
     metric_flush_s: float = Field(1.0, gt=0, le=60)
     # Redis redelivers an unacknowledged job after this long; claims make redelivery harmless.
     visibility_timeout_s: int = Field(6 * 3600, ge=1)

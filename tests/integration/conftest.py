@@ -83,7 +83,7 @@ def service_env(tmp: Path, **overrides: str) -> dict[str, str]:
     return env
 
 
-def start_worker(env: dict[str, str], tmp: Path, name: str = "w1") -> Process:
+def start_worker(env: dict[str, str], tmp: Path, name: str = "w1", concurrency: int = 1) -> Process:
     argv = [
         sys.executable,
         "-m",
@@ -94,7 +94,7 @@ def start_worker(env: dict[str, str], tmp: Path, name: str = "w1") -> Process:
         "--queues",
         "gpu,cpu",
         "--concurrency",
-        "1",
+        str(concurrency),
         "--hostname",
         f"{name}@%h",
         "--loglevel",
@@ -140,7 +140,8 @@ def wait_status(
 
 
 def all_points(client: httpx.Client, experiment_id: str, **params: Any) -> list[dict[str, Any]]:
-    points, after = [], -1
+    points: list[dict[str, Any]] = []
+    after = -1
     while True:
         page = client.get(
             f"/api/v1/experiments/{experiment_id}/metrics",

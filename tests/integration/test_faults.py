@@ -73,8 +73,11 @@ def stack(postgres_url: str, redis_url: str, tmp_path: Path) -> Iterator[Stack]:
     redis.Redis.from_url(redis_url).flushdb()
     upgrade(postgres_url)
     env = service_env(
-        tmp_path, NORMLAB_DATABASE_URL=postgres_url, NORMLAB_BROKER_URL=redis_url,
-        NORMLAB_HEARTBEAT_TIMEOUT_S="3", NORMLAB_RECONCILE_INTERVAL_S="0.5",
+        tmp_path,
+        NORMLAB_DATABASE_URL=postgres_url,
+        NORMLAB_BROKER_URL=redis_url,
+        NORMLAB_HEARTBEAT_TIMEOUT_S="3",
+        NORMLAB_RECONCILE_INTERVAL_S="0.5",
         NORMLAB_QUEUED_GRACE_S="2",
     )
     api, base = start_api(env, tmp_path)
@@ -127,8 +130,11 @@ def test_redis_flush_loses_no_queued_experiment(stack: Stack, redis_url: str) ->
 
 def _restart_postgres() -> None:
     cluster = sorted(os.listdir("/etc/postgresql"))[0]
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "restart"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "restart"],
+        check=True,
+        capture_output=True,
+    )
 
 
 def test_postgres_restart_loses_no_point(stack: Stack) -> None:
@@ -147,7 +153,10 @@ def test_postgres_restart_loses_no_point(stack: Stack) -> None:
 
 def test_redelivery_never_trains_twice(stack: Stack) -> None:
     # Redis hands an unacknowledged message to another worker after 2 s (checked every second).
-    short_visibility = {"NORMLAB_VISIBILITY_TIMEOUT_S": "2", "NORMLAB_REDIS_RESTORE_INTERVAL_S": "1"}
+    short_visibility = {
+        "NORMLAB_VISIBILITY_TIMEOUT_S": "2",
+        "NORMLAB_REDIS_RESTORE_INTERVAL_S": "1",
+    }
     one = stack.worker("one", **short_visibility)
     two = stack.worker("two", **short_visibility)
     experiment_id = stack.submit({**LONG, "training": {"epochs": 20, "batch_size": 32}})
