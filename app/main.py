@@ -51,17 +51,35 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
             allow_methods=["*"],
             allow_headers=["*"],
         )
-    for router in (experiments.router, metrics.router, series.router, stream.router,
-                   meta.router):
+    for router in (experiments.router, metrics.router, series.router, stream.router, meta.router):
         app.include_router(router, prefix=API_PREFIX, responses=COMMON_RESPONSES)
     app.add_api_route("/healthz", meta.healthz, include_in_schema=False)
     app.add_api_route("/readyz", meta.readyz, include_in_schema=False)
-    _add_config_schemas(app)
+    _customize_openapi(app)
     return app
 
 
-def _add_config_schemas(app: FastAPI) -> None:
-    """The submission body's schema refers to the config's sub-models: publish them."""
+# An example value for every parameter, so /docs shows a ready-made request for each route.
+PARAMETER_EXAMPLES: dict[str, Any] = {
+    "experiment_id": "3f6c2a1e-8d4b-4c1a-9a7e-2b5d0c9e4f11",
+    "name": "geron-bn",
+    "status": "running",
+    "tag": "bn",
+    "limit": 100,
+    "names": "loss,grad_norm",
+    "after_step": -1,
+    "points": 500,
+    "from_step": 0,
+    "to_step": 20000,
+    "ids": "3f6c2a1e-8d4b-4c1a-9a7e-2b5d0c9e4f11,9b1d7e52-0c3f-4e8a-b6d2-7a4f1c2e8d90",
+    "idempotency-key": "submit-2026-11-26-001",
+    "last-event-id": "1200",
+}
+
+
+def _customize_openapi(app: FastAPI) -> None:
+    """Publish the config's sub-models (the submission body refers to them) and add an example
+    to every parameter."""
     original = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -70,6 +88,12 @@ def _add_config_schemas(app: FastAPI) -> None:
             schema.setdefault("components", {}).setdefault("schemas", {}).update(
                 config_component_schemas()
             )
+            for path_item in schema.get("paths", {}).values():
+                for operation in path_item.values():
+                    for parameter in operation.get("parameters", []):
+                        example = PARAMETER_EXAMPLES.get(parameter["name"].lower())
+                        if example is not None and "example" not in parameter:
+                            parameter["example"] = example
             app.openapi_schema = schema
         return app.openapi_schema
 
