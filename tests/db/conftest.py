@@ -34,7 +34,9 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     else:
         url = request.getfixturevalue("postgres_url")
         with engine_for(url).begin() as connection:
-            connection.execute(text("TRUNCATE metric_points, experiment_tags, experiments CASCADE"))
+            connection.execute(
+                text("TRUNCATE metric_points, experiment_tags, experiments, api_keys CASCADE")
+            )
     yield url
     if request.param == "sqlite":
         engine_for(url).dispose()

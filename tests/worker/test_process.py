@@ -1,0 +1,50 @@
+"""Process-level concerns of the worker: fork safety and shutdown signalling."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from worker import shutdown
+
+
+def test_importing_the_worker_does_not_initialize_cuda() -> None:
+    code = "import worker.tasks, torch, sys; sys.exit(1 if torch.cuda.is_initialized() else 0)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_child_pids_and_forwarding_reach_a_job_process() -> None:
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import signal, sys, time\n"
+                "signal.signal(signal.SIGUSR2, lambda *a: sys.exit(7))\n"
+                "print('ready', flush=True)\n"
+                "time.sleep(30)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert child.stdout is not None and child.stdout.readline().strip() == b"ready"
+    assert child.pid in shutdown.child_pids(os.getpid())
+    shutdown.forward_to_children()
+    assert child.wait(timeout=10) == 7
+
+
+def test_job_handlers_turn_sigterm_into_a_request() -> None:
+    saved = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGUSR2)
+    try:
+        shutdown.install_job_handlers()
+        assert not shutdown.requested.is_set()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert shutdown.requested.is_set()
+    finally:
+        signal.signal(signal.SIGTERM, saved[0])
+        signal.signal(signal.SIGUSR2, saved[1])
+        shutdown.requested.clear()

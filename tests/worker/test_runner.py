@@ -1,0 +1,150 @@
+"""worker.runner.execute in-process on SQLite: claim, train, record; skip, cancel, hand back,
+resume."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from app.core.config import Settings
+from app.db import experiments, lifecycle, metrics
+from app.db.session import session_scope
+from tests.api.helpers import FakeDispatcher
+from worker import shutdown
+from worker.runner import execute
+from worker.training.presets import build_config
+
+SMALL: dict[str, Any] = {
+    "dataset": {"name": "digits"},
+    "model": {"hidden_layers": [32]},
+    "optimizer": {"learning_rate": 0.1},
+    "training": {"epochs": 3, "batch_size": 32},
+}
+
+
+def create(settings: Settings, body: dict[str, Any] = SMALL) -> uuid.UUID:
+    with session_scope(settings.database_url) as session:
+        row, _ = experiments.create(
+            session, config=build_config(body).model_dump(mode="json"), tags=[]
+        )
+        return row.id
+
+
+def row(settings: Settings, experiment_id: uuid.UUID) -> Any:
+    with session_scope(settings.database_url) as session:
+        return experiments.get(session, experiment_id)
+
+
+def loss_steps(settings: Settings, experiment_id: uuid.UUID) -> list[int]:
+    with session_scope(settings.database_url) as session:
+        points, _ = metrics.read_page(session, experiment_id, names=["loss"], limit=100_000)
+    return [p.step for p in points]
+
+
+def run(
+    settings: Settings,
+    experiment_id: uuid.UUID,
+    dispatcher: FakeDispatcher | None = None,
+    worker: str = "w",
+) -> str:
+    fake = dispatcher or FakeDispatcher()
+    return execute(experiment_id, settings=settings, worker_name=worker, dispatcher=lambda: fake)
+
+
+@pytest.fixture(autouse=True)
+def _restore_signals() -> Any:
+    import signal
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR2)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+    shutdown.requested.clear()
+
+
+def test_success_is_recorded_with_every_step(settings: Settings) -> None:
+    experiment_id = create(settings)
+    assert run(settings, experiment_id) == "succeeded"
+    done = row(settings, experiment_id)
+    assert (done.status, done.attempt, done.worker, done.device) == ("succeeded", 1, "w", "cpu")
+    assert done.summary["epochs_completed"] == 3 and done.has_checkpoint
+    assert loss_steps(settings, experiment_id) == list(range(1, done.summary["steps"] + 1))
+
+
+def test_duplicate_delivery_is_skipped(settings: Settings) -> None:
+    experiment_id = create(settings)
+    run(settings, experiment_id)
+    assert run(settings, experiment_id) == "skipped"
+    assert row(settings, experiment_id).attempt == 1
+
+
+def test_bad_config_fails_cleanly_with_a_reason(settings: Settings) -> None:
+    experiment_id = create(
+        settings, {**SMALL, "dataset": {"name": "digits", "validation_size": 1500}}
+    )
+    assert run(settings, experiment_id) == "failed"
+    assert "validation_size" in row(settings, experiment_id).error
+
+
+def _cancel_when_running(settings: Settings, experiment_id: uuid.UUID) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not loss_steps(settings, experiment_id):
+        time.sleep(0.02)
+    with session_scope(settings.database_url) as session:
+        experiments.request_cancel(session, experiment_id)
+
+
+def test_cancel_while_running(settings: Settings) -> None:
+    experiment_id = create(settings, {**SMALL, "training": {"epochs": 500, "batch_size": 8}})
+    threading.Thread(target=_cancel_when_running, args=(settings, experiment_id)).start()
+    started = time.monotonic()
+    assert run(settings, experiment_id) == "cancelled"
+    assert time.monotonic() - started < 30
+    assert row(settings, experiment_id).status == "cancelled"
+
+
+def test_shutdown_hands_back_and_the_next_attempt_resumes(settings: Settings) -> None:
+    body = {**SMALL, "training": {"epochs": 40, "batch_size": 8}}
+    experiment_id = create(settings, body)
+    dispatcher = FakeDispatcher()
+
+    def stop_soon() -> None:
+        while len(loss_steps(settings, experiment_id)) < 300:
+            time.sleep(0.02)
+        shutdown.requested.set()
+
+    threading.Thread(target=stop_soon).start()
+    assert run(settings, experiment_id, dispatcher) == "handed back"
+    assert row(settings, experiment_id).status == "queued"
+    assert dispatcher.sent == [(experiment_id, "cpu")]
+    stopped_at = max(loss_steps(settings, experiment_id))
+    shutdown.requested.clear()
+    assert run(settings, experiment_id, worker="w2") == "succeeded"
+    done = row(settings, experiment_id)
+    assert done.attempt == 2 and done.summary["epochs_completed"] == 40
+    steps = loss_steps(settings, experiment_id)
+    assert steps == list(range(1, done.summary["steps"] + 1)) and stopped_at < steps[-1]
+
+
+def test_a_crashed_attempt_resumes_from_its_last_checkpoint(settings: Settings) -> None:
+    experiment_id = create(settings, {**SMALL, "training": {"epochs": 4, "batch_size": 32}})
+    run(settings, experiment_id)  # leaves a checkpoint at the end of epoch 4
+    full = loss_steps(settings, experiment_id)
+    # Pretend attempt 1 died after writing points past an older checkpoint: requeue it.
+    with session_scope(settings.database_url) as session:
+        from sqlalchemy import update
+
+        from app.db.models import Experiment
+
+        session.execute(
+            update(Experiment).where(Experiment.id == experiment_id).values(status="queued")
+        )
+    assert run(settings, experiment_id, worker="w2") == "succeeded"
+    # Resumed at the end: nothing to redo, and no point doubled or lost.
+    assert loss_steps(settings, experiment_id) == full
+    with session_scope(settings.database_url) as session:
+        assert lifecycle.claim(session, experiment_id, worker="late") is None
