@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+import uuid
+from pathlib import Path
 
 import httpx
+from sqlalchemy import create_engine, text
 
-from tests.integration.conftest import SMALL, TERMINAL, all_points, wait_status
+from tests.integration.conftest import SMALL, TERMINAL, all_points, service_env, wait_status
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def submit(client: httpx.Client, body: dict) -> dict:
@@ -85,3 +92,31 @@ def test_polling_while_training_never_misses_or_repeats(distributed: httpx.Clien
     final = all_points(distributed, experiment["id"])
     assert sorted(seen) == sorted((p["name"], p["step"]) for p in final), "a point was missed"
     assert distributed.get(path).json()["status"] == "succeeded"
+
+
+def test_api_refuses_an_unmigrated_postgres(postgres_url: str, tmp_path: Path) -> None:
+    base, _, _ = postgres_url.rpartition("/")
+    name = f"normlab_empty_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(f"{base}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        env = service_env(
+            tmp_path,
+            NORMLAB_DATABASE_URL=f"{base}/{name}",
+            NORMLAB_BROKER_URL="redis://127.0.0.1:6379/14",
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "app.cli.main", "serve", "--port", "1"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert done.returncode == 2
+        assert "normlab migrate" in done.stderr
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +19,8 @@ from tests.integration.conftest import (
     start_api,
     wait_status,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +58,41 @@ def test_embedded_worker_is_a_separate_process(embedded: tuple[httpx.Client, Pat
     experiment = client.post("/api/v1/experiments", json=SMALL).json()
     done = wait_status(client, experiment["id"], TERMINAL)
     assert done["worker"].startswith("embedded@")
+
+
+def test_cli_submit_watch_and_status(embedded: tuple[httpx.Client, Path], tmp_path: Path) -> None:
+    client, _ = embedded
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(SMALL))
+    base = str(client.base_url)
+    cli = [sys.executable, "-m", "app.cli.main"]
+    done = subprocess.run(
+        [
+            *cli,
+            "submit",
+            str(config),
+            "--preset",
+            "geron-bn",
+            "--tag",
+            "cli",
+            "--watch",
+            "--url",
+            base,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    experiment_id = done.stdout.splitlines()[0].strip()
+    assert "succeeded" in done.stdout
+    shown = subprocess.run(
+        [*cli, "status", experiment_id, "--url", base],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert shown.returncode == 0 and "final_test_accuracy" in shown.stdout
+    assert client.get(f"/api/v1/experiments/{experiment_id}").json()["tags"] == ["cli"]
