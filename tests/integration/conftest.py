@@ -126,13 +126,24 @@ def start_api(env: dict[str, str], tmp: Path, *extra: str) -> tuple[Process, str
     raise AssertionError(f"API did not start; log:\n{api.log.read_text()[-4000:]}")
 
 
+def get_json(client: httpx.Client, path: str, **params: Any) -> Any:
+    """GET as a well-behaved client does: a 503 (database restarting) is retried, not fatal."""
+    deadline = time.monotonic() + 60
+    while True:
+        response = client.get(path, params=params or None)
+        if response.status_code != 503 or time.monotonic() > deadline:
+            assert response.status_code == 200, (path, response.status_code, response.text)
+            return response.json()
+        time.sleep(float(response.headers.get("retry-after", "1")))
+
+
 def wait_status(
     client: httpx.Client, experiment_id: str, statuses: set[str], timeout: float = 120
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     body: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        body = client.get(f"/api/v1/experiments/{experiment_id}").json()
+        body = get_json(client, f"/api/v1/experiments/{experiment_id}")
         if body["status"] in statuses:
             return body
         time.sleep(0.2)
@@ -143,10 +154,13 @@ def all_points(client: httpx.Client, experiment_id: str, **params: Any) -> list[
     points: list[dict[str, Any]] = []
     after = -1
     while True:
-        page = client.get(
+        page = get_json(
+            client,
             f"/api/v1/experiments/{experiment_id}/metrics",
-            params={"after_step": after, "limit": 10000, **params},
-        ).json()
+            after_step=after,
+            limit=10000,
+            **params,
+        )
         if not page["items"]:
             return points
         points += page["items"]

@@ -18,6 +18,7 @@ from tests.integration.conftest import (
     TERMINAL,
     Process,
     all_points,
+    get_json,
     service_env,
     start_api,
     start_worker,
@@ -52,7 +53,8 @@ class Stack:
         return str(response.json()["id"])
 
     def get(self, experiment_id: str) -> dict[str, Any]:
-        return self.client.get(f"/api/v1/experiments/{experiment_id}").json()
+        body: dict[str, Any] = get_json(self.client, f"/api/v1/experiments/{experiment_id}")
+        return body
 
     def wait_epochs(self, experiment_id: str, epochs: int, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
