@@ -1,6 +1,7 @@
 """Downsampled series vs. the full metric walk: one metric of 1,000,000 points in Postgres.
 
     python3 bench/series.py [DATABASE_URL] [--points 1000000] [--repeats 20] [--try-index]
+                            [--other-metrics K]
 
 Migrates the database (default postgresql+psycopg://postgres@127.0.0.1/normlab_bench), writes
 one experiment's ``loss`` series with generate_series (a planted spike, NaNs and an infinity
@@ -20,10 +21,10 @@ import platform
 import statistics
 import time
 import uuid
+import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from app.core.config import Settings
@@ -33,6 +34,9 @@ from app.db.session import engine_for, session_scope
 from app.dispatch import Dispatcher
 from app.main import create_app
 
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
+
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1/normlab_bench"
 NAME = "loss"
 SPIKE_VALUE = 1e6  # planted at 7/9 of the series: every bucket size must keep it
@@ -40,13 +44,14 @@ COVERING_INDEX = "ix_bench_series_covering"
 
 FILL = """
 INSERT INTO metric_points (experiment_id, name, step, epoch, value, kind, wall_time)
-SELECT :experiment_id, :name, s, s / 1000 + 1,
+SELECT :experiment_id, m.name, s, s / 1000 + 1,
        CASE WHEN s = :spike THEN :spike_value
             WHEN s % 100003 = 0 OR s = :infinity THEN NULL
             ELSE (1.0 + sin(s / 5000.0)) * exp(-s / 400000.0) + (random() - 0.5) * 0.05 END,
        CASE WHEN s = :infinity THEN 2 WHEN s % 100003 = 0 THEN 1 ELSE 0 END,
        1.7e9 + s * 0.002
-FROM generate_series(1, :n) AS s
+FROM generate_series(1, :n) AS s CROSS JOIN unnest(CAST(:names AS text[])) AS m(name)
+ORDER BY s, m.name
 """
 
 
@@ -71,11 +76,18 @@ def machine(url: str) -> dict[str, str]:
         version = str(connection.execute(text("SHOW server_version")).scalar())
         workers = str(connection.execute(text("SHOW max_parallel_workers_per_gather")).scalar())
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return {"cpus": str(os.cpu_count()), "cpu": cpu, "postgres": version,
-            "max_parallel_workers_per_gather": workers, "load average before": load}  # fmt: skip
+    return {
+        "cpus": str(os.cpu_count()),
+        "cpu": cpu,
+        "postgres": version,
+        "max_parallel_workers_per_gather": workers,
+        "load average before": load,
+    }
 
 
-def fill(url: str, n: int) -> uuid.UUID:
+def fill(url: str, n: int, others: int = 0) -> uuid.UUID:
+    """``n`` steps of the benchmarked metric, and of ``others`` more metrics interleaved with it
+    step by step, the way the worker writes a run (all of a step's metrics at once)."""
     with session_scope(url) as session:
         row, _ = experiments.create(session, config={"name": "bench-series"}, tags=["bench"])
         experiment_id = row.id
@@ -83,9 +95,15 @@ def fill(url: str, n: int) -> uuid.UUID:
         connection.execute(text("SELECT setseed(0.42)"))
         connection.execute(
             text(FILL),
-            {"experiment_id": experiment_id, "name": NAME, "n": n, "spike": n * 7 // 9,
-             "spike_value": SPIKE_VALUE, "infinity": n - 1},
-        )  # fmt: skip
+            {
+                "experiment_id": experiment_id,
+                "names": [NAME, *(f"other_{k}" for k in range(others))],
+                "n": n,
+                "spike": n * 7 // 9,
+                "spike_value": SPIKE_VALUE,
+                "infinity": n - 1,
+            },
+        )
     with engine_for(url).connect() as connection:
         connection.execution_options(isolation_level="AUTOCOMMIT").execute(
             text("VACUUM ANALYZE metric_points")
@@ -131,8 +149,9 @@ def walk(client: TestClient, experiment_id: uuid.UUID) -> int:
         after = page["next_after_step"]
 
 
-def bench_series(client: TestClient, url: str, experiment_id: uuid.UUID, n: int,
-                 points: int, repeats: int) -> list[float]:  # fmt: skip
+def bench_series(
+    client: TestClient, url: str, experiment_id: uuid.UUID, n: int, points: int, repeats: int
+) -> list[float]:
     path = f"/api/v1/experiments/{experiment_id}/metrics/{NAME}/series"
 
     def get() -> dict[str, Any]:
@@ -158,9 +177,27 @@ def sql_only(url: str, experiment_id: uuid.UUID, points: int, repeats: int) -> l
     return timed(run, repeats)[0]
 
 
+def paired(
+    url: str, experiment_id: uuid.UUID, points: int, repeats: int
+) -> tuple[list[float], list[float]]:
+    """The same query alternately with and without index-only scans (the covering index's whole
+    point), so that load from other processes hits both sides alike."""
+    times: dict[str, list[float]] = {"on": [], "off": []}
+    for _ in range(repeats + 1):
+        for setting in ("on", "off"):
+            with session_scope(url) as session:
+                session.execute(text(f"SET LOCAL enable_indexonlyscan = {setting}"))
+                started = time.perf_counter()
+                series.series(session, experiment_id, NAME, points=points)
+                times[setting].append(time.perf_counter() - started)
+    return times["on"][1:], times["off"][1:]  # the first pair warms up
+
+
 def summary(times: list[float]) -> str:
-    return (f"median {ms(statistics.median(times))}  (min {ms(min(times))}, "
-            f"max {ms(max(times))}, n={len(times)})")  # fmt: skip
+    return (
+        f"median {ms(statistics.median(times))}  (min {ms(min(times))}, "
+        f"max {ms(max(times))}, n={len(times)})"
+    )
 
 
 def main() -> None:
@@ -173,6 +210,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--walks", type=int, default=3, help="full page walks to time")
     parser.add_argument(
+        "--other-metrics",
+        type=int,
+        default=0,
+        help="more metrics of as many points, interleaved step by step as a real run writes "
+        "them (the table's pages then hold every metric: reads of one need more pages)",
+    )
+    parser.add_argument(
         "--try-index",
         action="store_true",
         help="also time with a hand-made covering index (dropped afterwards)",
@@ -180,39 +224,63 @@ def main() -> None:
     args = parser.parse_args()
     url = args.database_url
 
+    with warnings.catch_warnings():  # "use httpx2": irrelevant to a benchmark
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
     upgrade(url)
     for key, value in machine(url).items():
         print(f"{key}: {value}")
     started = time.perf_counter()
-    experiment_id = fill(url, args.points)
-    print(f"wrote {args.points:,} points in {time.perf_counter() - started:.1f} s (incl. VACUUM)")
+    experiment_id = fill(url, args.points, args.other_metrics)
+    total = args.points * (1 + args.other_metrics)
+    print(
+        f"wrote {total:,} points ({1 + args.other_metrics} metric(s), step by step) in "
+        f"{time.perf_counter() - started:.1f} s (incl. VACUUM); timed: {args.points:,} of {NAME}"
+    )
     dispatcher: Dispatcher = NoDispatcher()
     app = create_app(Settings(database_url=url), dispatcher)
     try:
         with TestClient(app) as client:
-            series_times = bench_series(client, url, experiment_id, args.points, args.buckets,
-                                        args.repeats)  # fmt: skip
+            series_times = bench_series(
+                client, url, experiment_id, args.points, args.buckets, args.repeats
+            )
             sql_times = sql_only(url, experiment_id, args.buckets, args.repeats)
             walk_times, count = timed(lambda: walk(client, experiment_id), args.walks)
             assert count == args.points, count
             print(f"series?points={args.buckets} via API: {summary(series_times)}")
             print(f"  of which app.db.series alone: {summary(sql_times)}")
-            print(f"full page walk (limit 10000, {-(-args.points // 10_000)} pages): "
-                  f"{summary(walk_times)}")  # fmt: skip
+            print(
+                f"full page walk (limit 10000, {-(-args.points // 10_000)} pages): "
+                f"{summary(walk_times)}"
+            )
             ratio = statistics.median(walk_times) / statistics.median(series_times)
             print(f"walk / series: {ratio:,.0f}x")
             if args.try_index:
                 with engine_for(url).connect() as connection:
                     auto = connection.execution_options(isolation_level="AUTOCOMMIT")
-                    auto.execute(text(
-                        f"CREATE INDEX {COVERING_INDEX} ON metric_points "
-                        "(experiment_id, name, step) INCLUDE (value, kind)"
-                    ))  # fmt: skip
+                    auto.execute(
+                        text(
+                            f"CREATE INDEX {COVERING_INDEX} ON metric_points "
+                            "(experiment_id, name, step) INCLUDE (value, kind)"
+                        )
+                    )
                     auto.execute(text("VACUUM ANALYZE metric_points"))
+                    size = auto.execute(
+                        text(f"SELECT pg_size_pretty(pg_relation_size('{COVERING_INDEX}'))")
+                    ).scalar()
+                print(f"covering index built: {size} (the whole table's points)")
                 try:
-                    indexed = bench_series(client, url, experiment_id, args.points,
-                                           args.buckets, args.repeats)  # fmt: skip
+                    indexed = bench_series(
+                        client, url, experiment_id, args.points, args.buckets, args.repeats
+                    )
                     print(f"series with the covering index: {summary(indexed)}")
+                    on, off = paired(url, experiment_id, args.buckets, args.repeats)
+                    on_ms, off_ms = ms(statistics.median(on)), ms(statistics.median(off))
+                    print(
+                        f"  paired, app.db.series alone, index-only scans on / off: {on_ms} / "
+                        f"{off_ms}"
+                    )
                 finally:
                     with engine_for(url).begin() as connection:
                         connection.execute(text(f"DROP INDEX IF EXISTS {COVERING_INDEX}"))

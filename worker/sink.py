@@ -2,7 +2,9 @@
 thread, so training never waits on the database. Each write also renews the experiment's lease
 (heartbeat) and reads its status, which is how cancellation reaches the training loop.
 
-Batches are written in arrival order, one transaction each, so readers always see whole steps.
+Batches are written in arrival order, one transaction each, so readers always see whole steps:
+the heartbeat first (it also locks the experiment's row, so writers of one experiment take
+turns), then the points (on Postgres by COPY, ``app.db.metrics.insert_points``), one commit.
 While the database is unreachable the sink keeps its points (bounded: past ``max_buffered_points``
 the training thread waits) and retries with backoff; past ``outage_limit_s`` it gives up and the
 experiment fails with that reason. A lost lease (another worker took over) stops training at once.

@@ -10,8 +10,19 @@ from pydantic import BaseModel
 
 def etag_json(request: Request, model: BaseModel, *, status_code: int = 200,
               headers: dict[str, str] | None = None) -> Response:
-    body = model.model_dump_json().encode()
-    tag = f'W/"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
+    return etag_body(request, model.model_dump_json().encode(), status_code=status_code,
+                     headers=headers)
+
+
+def etag_of(body: bytes) -> str:
+    return f'W/"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
+
+
+def etag_body(request: Request, body: bytes, *, status_code: int = 200,
+              headers: dict[str, str] | None = None, tag: str | None = None) -> Response:
+    """``body`` (JSON already encoded) with its ETag, or 304 if the client has it. ``tag``:
+    the body's ``etag_of``, when the caller has it already (a cached representation)."""
+    tag = tag or etag_of(body)
     all_headers = {"ETag": tag, "Cache-Control": "no-cache", **(headers or {})}
     if _matches(request.headers.get("if-none-match"), tag):
         return Response(status_code=304, headers=all_headers)

@@ -76,12 +76,16 @@ def serve(
     database_url: Annotated[str | None, typer.Option()] = None,
     broker_url: Annotated[str | None, typer.Option(help="Given: API only (distributed)")] = None,
     data_dir: Annotated[Path | None, typer.Option()] = None,
+    workers: Annotated[int, typer.Option(
+        min=1, max=64, help="API processes (see docs/benchmarks.md, \"data path\")"
+    )] = 2,
+    access_log: Annotated[bool, typer.Option(help="Log every request")] = True,
 ) -> None:
     """Run the API. Without a broker URL, also run an embedded worker (SQLite, no Redis)."""
     _export(database_url=database_url, broker_url=broker_url, data_dir=data_dir)
     from app.cli.service import serve as run_serve
 
-    run_serve(host, port)
+    run_serve(host, port, workers=workers, access_log=access_log)
 
 
 @cli.command()

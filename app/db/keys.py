@@ -47,22 +47,41 @@ def create(session: Session, *, owner: str, admin: bool = False, key: str | None
         if not hmac.compare_digest(existing.key_hash, digest):
             raise ValueError(f"key id {digest[:12]} is taken; generate another key")
         return key
-    session.add(ApiKey(key_id=digest[:12], owner=owner, key_hash=digest, admin=admin,
-                       created_at=now()))
+    session.add(
+        ApiKey(key_id=digest[:12], owner=owner, key_hash=digest, admin=admin, created_at=now())
+    )
     session.commit()
     return key
 
 
+def digest(key: str) -> str | None:
+    """The stored form of a key (its SHA-256, hex), or None for a malformed key."""
+    return _digest(key) if KEY_PATTERN.match(key) is not None else None
+
+
+def principal_of(
+    key_digest: str,
+    stored_hash: str | None,
+    owner: str | None,
+    admin: bool | None,
+    revoked_at: object,
+) -> Principal | None:
+    """The caller, if ``key_digest`` matches the stored key row and the key is not revoked."""
+    # Compare even when no row matched, so timing tells nothing about which ids exist.
+    matched = hmac.compare_digest(stored_hash or "0" * 64, key_digest)
+    if not matched or stored_hash is None or revoked_at is not None or owner is None:
+        return None
+    return Principal(owner=owner, admin=bool(admin))
+
+
 def authenticate(session: Session, key: str) -> Principal | None:
-    if KEY_PATTERN.match(key) is None:
+    key_digest = digest(key)
+    if key_digest is None:
         return None
-    digest = _digest(key)
-    row = session.get(ApiKey, digest[:12])
-    # Compare even when the row is missing, so timing tells nothing about which ids exist.
-    stored = row.key_hash if row is not None else "0" * 64
-    if not hmac.compare_digest(stored, digest) or row is None or row.revoked_at is not None:
-        return None
-    return Principal(owner=row.owner, admin=row.admin)
+    row = session.get(ApiKey, key_digest[:12])
+    if row is None:
+        return principal_of(key_digest, None, None, None, None)
+    return principal_of(key_digest, row.key_hash, row.owner, row.admin, row.revoked_at)
 
 
 def any_created(session: Session) -> bool:
@@ -74,8 +93,10 @@ def list_keys(session: Session) -> list[ApiKey]:
 
 
 def revoke(session: Session, key_id: str) -> bool:
-    result = session.execute(update(ApiKey).where(ApiKey.key_id == key_id,
-                                                  ApiKey.revoked_at.is_(None))
-                             .values(revoked_at=now()))
+    result = session.execute(
+        update(ApiKey)
+        .where(ApiKey.key_id == key_id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=now())
+    )
     session.commit()
     return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -114,18 +114,14 @@ def test_etag_differs_between_experiments_and_errors_have_none(client: TestClien
 
 
 @pytest.fixture
-def make_client(tmp_path: Path) -> Iterator[Callable[[list[str]], TestClient]]:
+def make_client(settings: Settings, tmp_path: Path) -> Iterator[Callable[[list[str]], TestClient]]:
+    """An app with the API tests' settings and the given CORS origins (its own database)."""
     made: list[tuple[TestClient, str]] = []
 
     def make(origins: list[str]) -> TestClient:
         url = f"sqlite:///{tmp_path}/cors{len(made)}.db"
-        settings = Settings(
-            database_url=url,
-            data_dir=tmp_path / "data",
-            artifacts_dir=tmp_path / "art",
-            cors_origins=origins,
-        )
-        test_client = TestClient(create_app(settings, dispatcher=FakeDispatcher()))
+        configured = settings.model_copy(update={"database_url": url, "cors_origins": origins})
+        test_client = TestClient(create_app(configured, dispatcher=FakeDispatcher()))
         test_client.__enter__()
         made.append((test_client, url))
         return test_client

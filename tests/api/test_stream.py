@@ -9,7 +9,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,14 +29,9 @@ DEFAULT_HEARTBEAT_S = stream_module.HEARTBEAT_S  # before any test patches it
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    """The API tests' settings, with a stream that polls every 50 ms."""
-    return Settings(
-        database_url=f"sqlite:///{tmp_path}/t.db",
-        data_dir=tmp_path / "data",
-        artifacts_dir=tmp_path / "art",
-        stream_poll_s=0.05,
-    )
+def settings(settings: Settings) -> Settings:
+    """The API tests' settings (tests/api/conftest.py), with a stream that polls every 50 ms."""
+    return settings.model_copy(update={"stream_poll_s": 0.05})
 
 
 @pytest.fixture(autouse=True)

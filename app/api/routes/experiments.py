@@ -14,10 +14,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import DispatcherDep, PrincipalDep, SessionDep, SettingsDep
+from app.api import polled
+from app.api.deps import (
+    DispatcherDep,
+    PrincipalDep,
+    SessionDep,
+    SettingsDep,
+    resolve_principal,
+)
 from app.api.errors import body_error
-from app.api.etag import etag_json
+from app.api.etag import etag_body, etag_json
 from app.api.schemas import (
     ExperimentOut,
     ExperimentPage,
@@ -31,6 +39,7 @@ from app.core.config import Settings
 from app.db import experiments
 from app.db.keys import Principal
 from app.db.models import Experiment
+from app.db.session import session_factory
 from app.dispatch import queue_for
 from worker.training.config import ExperimentConfig
 from worker.training.job import planned_steps
@@ -177,10 +186,20 @@ def list_experiments(
 
 
 @router.get("/{experiment_id}", response_model=ExperimentOut, responses=NOT_FOUND)
-def get_experiment(experiment_id: uuid.UUID, request: Request, session: SessionDep,
-                   principal: PrincipalDep) -> Response:
+async def get_experiment(experiment_id: uuid.UUID, request: Request) -> Response:
     """One experiment. Send the last `ETag` as `If-None-Match` to get 304 when unchanged."""
-    return etag_json(request, _one(session, load(session, experiment_id, principal)))
+    found = polled.poller(request).read(request, experiment_id)  # in the loop: one query
+    if found is not None:
+        return etag_body(request, found[0], tag=found[1])
+    return await run_in_threadpool(_get_experiment, experiment_id, request)
+
+
+def _get_experiment(experiment_id: uuid.UUID, request: Request) -> Response:
+    """The general path (401, 404, and a database outage's 503 come from here)."""
+    settings: Settings = request.app.state.settings
+    with session_factory(settings.database_url)() as session:
+        principal = resolve_principal(request, session, settings)
+        return etag_json(request, _one(session, load(session, experiment_id, principal)))
 
 
 @router.post("/{experiment_id}/cancel", status_code=202, response_model=ExperimentOut,

@@ -6,14 +6,16 @@ import re
 import uuid
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 
 from app.api.deps import PrincipalDep, SessionDep
-from app.api.etag import etag_json
+from app.api.etag import etag_body
 from app.api.routes.experiments import NOT_FOUND, load
-from app.api.schemas import MetricNameOut, MetricPage, MetricPointOut
+from app.api.schemas import MetricNameOut, MetricPage
 from app.db import metrics
+from app.db.models import FINITE, NAN, NEG_INF, POS_INF
 
 router = APIRouter(prefix="/experiments", tags=["metrics"])
 _NAME = re.compile(r"^[A-Za-z0-9_./:-]{1,128}$")
@@ -49,15 +51,25 @@ def read_metrics(
     no point is ever missed or repeated.
     """
     load(session, experiment_id, principal)
-    points, next_after = metrics.read_page(
+    rows = metrics.read_rows(
         session, experiment_id, after_step=after_step, names=parse_names(names), limit=limit
     )
-    page = MetricPage(
-        items=[MetricPointOut(name=p.name, step=p.step, epoch=p.epoch, value=p.value,
-                              wall_time=p.wall_time) for p in points],
-        next_after_step=next_after,
-    )
-    return etag_json(request, page)
+    return etag_body(request, page_json(rows))
+
+
+_NONFINITE = {NAN: "NaN", POS_INF: "Infinity", NEG_INF: "-Infinity"}
+
+
+def page_json(rows: list[metrics.Row]) -> bytes:
+    """A ``MetricPage`` as JSON, straight from the stored tuples: building 10,000 pydantic
+    objects per page cost more than the query. Non-finite values are the strings "NaN",
+    "Infinity" and "-Infinity", as everywhere in the API."""
+    items = [
+        {"name": name, "step": step, "epoch": epoch,
+         "value": value if kind == FINITE else _NONFINITE[kind], "wall_time": wall_time}
+        for name, step, epoch, value, kind, wall_time in rows
+    ]
+    return orjson.dumps({"items": items, "next_after_step": rows[-1][1] if rows else None})
 
 
 @router.get("/{experiment_id}/metrics/names", response_model=list[MetricNameOut],

@@ -1,0 +1,69 @@
+"""The one query of the hot polling path (``app.api.polled``): an experiment, its tags, and the
+caller's API key row, in a single round trip on a connection the caller holds."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import Connection, Select, Text, bindparam, exists, literal, select
+from sqlalchemy import cast as sql_cast
+
+from app.db.models import ApiKey, Experiment, ExperimentTag
+
+E, T, K = Experiment.__table__, ExperimentTag.__table__, ApiKey.__table__
+_ANY_KEY = ApiKey.__table__.alias("any_key")  # not K: K is joined, and would be correlated
+_COLUMNS = [
+    E.c.name,
+    E.c.status,
+    sql_cast(E.c.config, Text).label("config"),
+    E.c.created_at,
+    E.c.started_at,
+    E.c.finished_at,
+    E.c.device,
+    E.c.worker,
+    E.c.attempt,
+    E.c.error,
+    sql_cast(E.c.summary, Text).label("summary"),
+]
+
+
+def _statement(probe_keys: bool) -> Select[Any]:
+    """The experiment's row once per tag (ordered as ``tags_of`` orders them), whether any API
+    key exists (when that is not known yet), and the caller's key row (when one was sent)."""
+    keys_exist = exists(select(_ANY_KEY.c.key_id)) if probe_keys else literal(False)
+    return (
+        select(
+            *_COLUMNS,
+            E.c.owner,
+            keys_exist.label("keys_exist"),
+            T.c.tag,
+            K.c.key_hash,
+            K.c.owner.label("key_owner"),
+            K.c.admin.label("key_admin"),
+            K.c.revoked_at.label("key_revoked_at"),
+        )
+        .select_from(
+            E.outerjoin(T, T.c.experiment_id == E.c.id).outerjoin(
+                K, K.c.key_id == bindparam("key_id")
+            )
+        )
+        .where(E.c.id == bindparam("experiment_id"))
+        .order_by(T.c.tag)
+    )
+
+
+_STATEMENTS = {probe: _statement(probe) for probe in (True, False)}  # built once
+N_EXPERIMENT_COLUMNS = len(_COLUMNS)
+
+
+def experiment_rows(
+    connection: Connection, experiment_id: uuid.UUID, key_id: str | None, probe_keys: bool
+) -> list[Any]:
+    """One row per tag (at least one): the experiment's columns, ``owner``, ``keys_exist``,
+    ``tag`` and the key's ``key_hash``/``key_owner``/``key_admin``/``key_revoked_at``."""
+    return list(
+        connection.execute(
+            _STATEMENTS[probe_keys], {"experiment_id": experiment_id, "key_id": key_id or ""}
+        )
+    )
