@@ -58,12 +58,15 @@ def cancel_and_rates(client: httpx.Client, ids: list[str]) -> list[float]:
     return rates
 
 
-async def poller(base: str, ids: list[str], stop: float, out: list[tuple[float, int]]) -> None:
+async def poller(
+    base: str, ids: list[str], stop: float, out: list[tuple[float, int]], interval: float
+) -> None:
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         etags: dict[str, str] = {}
         after = dict.fromkeys(ids, -1)
         k = 0
         while time.monotonic() < stop:
+            await asyncio.sleep(interval)  # a dashboard's refresh period (0: as fast as possible)
             experiment_id = ids[k % len(ids)]
             k += 1
             for path, params, headers in (
@@ -89,12 +92,12 @@ async def poller(base: str, ids: list[str], stop: float, out: list[tuple[float, 
 
 
 async def poll_while_training(
-    base: str, client: httpx.Client, n: int, pollers: int, duration: float
+    base: str, client: httpx.Client, n: int, pollers: int, duration: float, interval: float
 ) -> tuple[list[float], list[tuple[float, int]]]:
     ids = [client.post("/api/v1/experiments", json=BODY).json()["id"] for _ in range(n)]
     results: list[tuple[float, int]] = []
     stop = time.monotonic() + duration
-    await asyncio.gather(*(poller(base, ids, stop, results) for _ in range(pollers)))
+    await asyncio.gather(*(poller(base, ids, stop, results, interval) for _ in range(pollers)))
     return cancel_and_rates(client, ids), results
 
 
@@ -103,6 +106,12 @@ def main() -> None:
     parser.add_argument("--pollers", type=int, default=50)
     parser.add_argument("--experiments", type=int, default=4)
     parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=0.0,
+        help="pause between a poller's polls (0: as fast as possible)",
+    )
     parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/13")
     args = parser.parse_args()
@@ -131,7 +140,9 @@ def main() -> None:
         with httpx.Client(base_url=base, timeout=30) as client:
             alone = train_for(client, args.experiments, args.duration)
             loaded, results = asyncio.run(
-                poll_while_training(base, client, args.experiments, args.pollers, args.duration)
+                poll_while_training(
+                    base, client, args.experiments, args.pollers, args.duration, args.interval
+                )
             )
     finally:
         for process in (api, worker):
