@@ -1,6 +1,6 @@
 """Downsampled series vs. the full metric walk: one metric of 1,000,000 points in Postgres.
 
-    python3 bench/series.py [DATABASE_URL] [--points 1000000] [--repeats 20] [--try-index]
+    python3 bench/series.py [DATABASE_URL] [--points 1000000] [--repeats 20] [--index-only-ab]
                             [--other-metrics K]
 
 Migrates the database (default postgresql+psycopg://postgres@127.0.0.1/normlab_bench), writes
@@ -8,9 +8,9 @@ one experiment's ``loss`` series with generate_series (a planted spike, NaNs and
 included), VACUUM ANALYZEs it as autovacuum would, then times through the API (in process,
 FastAPI TestClient) ``GET .../metrics/loss/series?points=1000`` (median of ``--repeats``) and
 the full keyset page walk ``GET .../metrics?limit=10000`` until empty, side by side. The
-experiment is deleted at the end. ``--try-index`` repeats the series timing with a covering
-index ``(experiment_id, name, step) INCLUDE (value, kind)`` built by hand, then drops it: the
-figure a migration adding that index would buy.
+experiment is deleted at the end. ``--index-only-ab`` also times the database part alternately
+with index-only scans allowed and forbidden: what the covering primary key of migration 0003
+(``INCLUDE (value, kind)``) buys, measured in the same minute.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1/normlab_bench"
 NAME = "loss"
 SPIKE_VALUE = 1e6  # planted at 7/9 of the series: every bucket size must keep it
-COVERING_INDEX = "ix_bench_series_covering"
 
 FILL = """
 INSERT INTO metric_points (experiment_id, name, step, epoch, value, kind, wall_time)
@@ -180,7 +179,7 @@ def sql_only(url: str, experiment_id: uuid.UUID, points: int, repeats: int) -> l
 def paired(
     url: str, experiment_id: uuid.UUID, points: int, repeats: int
 ) -> tuple[list[float], list[float]]:
-    """The same query alternately with and without index-only scans (the covering index's whole
+    """The same query alternately with and without index-only scans (the covering key's whole
     point), so that load from other processes hits both sides alike."""
     times: dict[str, list[float]] = {"on": [], "off": []}
     for _ in range(repeats + 1):
@@ -217,9 +216,9 @@ def main() -> None:
         "them (the table's pages then hold every metric: reads of one need more pages)",
     )
     parser.add_argument(
-        "--try-index",
+        "--index-only-ab",
         action="store_true",
-        help="also time with a hand-made covering index (dropped afterwards)",
+        help="also time app.db.series alternately with index-only scans allowed and forbidden",
     )
     args = parser.parse_args()
     url = args.database_url
@@ -256,34 +255,10 @@ def main() -> None:
             )
             ratio = statistics.median(walk_times) / statistics.median(series_times)
             print(f"walk / series: {ratio:,.0f}x")
-            if args.try_index:
-                with engine_for(url).connect() as connection:
-                    auto = connection.execution_options(isolation_level="AUTOCOMMIT")
-                    auto.execute(
-                        text(
-                            f"CREATE INDEX {COVERING_INDEX} ON metric_points "
-                            "(experiment_id, name, step) INCLUDE (value, kind)"
-                        )
-                    )
-                    auto.execute(text("VACUUM ANALYZE metric_points"))
-                    size = auto.execute(
-                        text(f"SELECT pg_size_pretty(pg_relation_size('{COVERING_INDEX}'))")
-                    ).scalar()
-                print(f"covering index built: {size} (the whole table's points)")
-                try:
-                    indexed = bench_series(
-                        client, url, experiment_id, args.points, args.buckets, args.repeats
-                    )
-                    print(f"series with the covering index: {summary(indexed)}")
-                    on, off = paired(url, experiment_id, args.buckets, args.repeats)
-                    on_ms, off_ms = ms(statistics.median(on)), ms(statistics.median(off))
-                    print(
-                        f"  paired, app.db.series alone, index-only scans on / off: {on_ms} / "
-                        f"{off_ms}"
-                    )
-                finally:
-                    with engine_for(url).begin() as connection:
-                        connection.execute(text(f"DROP INDEX IF EXISTS {COVERING_INDEX}"))
+            if args.index_only_ab:
+                on, off = paired(url, experiment_id, args.buckets, args.repeats)
+                on_ms, off_ms = ms(statistics.median(on)), ms(statistics.median(off))
+                print(f"  app.db.series, index-only scans allowed / forbidden: {on_ms} / {off_ms}")
     finally:
         drop(url, experiment_id)
 

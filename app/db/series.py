@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, case, cast, func, literal, select, text, true
+from sqlalchemy import BigInteger, Uuid, bindparam, case, cast, func, literal, select, text, true
 from sqlalchemy.orm import Session, aliased
 
 from app.db.models import FINITE, MetricPoint
@@ -93,6 +93,8 @@ def bucketed(session: Session, experiment_id: uuid.UUID, name: str, lo: int, hi:
              n: int) -> list[Bucket]:
     """At most ``n`` buckets over [lo, hi], aggregated by the database."""
     if session.get_bind().dialect.name == "postgresql":
+        if hi - lo + 1 <= SCAN_MAX_SPAN:
+            return _bucketed_scan(session, experiment_id, name, lo, hi, n)
         return _bucketed_lateral(session, experiment_id, name, lo, hi, n)
     return _bucketed_grouped(session, experiment_id, name, lo, hi, n)
 
@@ -147,6 +149,35 @@ def _bucketed_grouped(session: Session, experiment_id: uuid.UUID, name: str, lo:
                r.vmax, float(r.vmean) if r.vmean is not None else None, int(r.n),
                int(r.nonfinite or 0))
         for r in session.execute(query)
+    ]
+
+
+# Postgres, small ranges: one index-ordered scan, grouped; first/last finite values come from the
+# aggregate itself (no probe per bucket). Text SQL with bound parameters: parsed once per process.
+_SCAN_SQL = text("""
+    SELECT (step - :lo) * :n / :span AS bucket,
+           min(step) AS step_start, max(step) AS step_end,
+           min(value) AS vmin, max(value) AS vmax, sum(value) AS vsum,
+           count(*) AS n, count(value) AS finite,
+           (array_agg(value ORDER BY step) FILTER (WHERE kind = :finite_kind))[1] AS first,
+           (array_agg(value ORDER BY step DESC) FILTER (WHERE kind = :finite_kind))[1] AS last
+    FROM metric_points
+    WHERE experiment_id = :experiment_id AND name = :name AND step BETWEEN :lo AND :hi
+    GROUP BY 1 ORDER BY 1
+""").bindparams(bindparam("experiment_id", type_=Uuid()))
+SCAN_MAX_SPAN = 200_000  # beyond this many steps, one lateral probe per bucket is cheaper
+
+
+def _bucketed_scan(session: Session, experiment_id: uuid.UUID, name: str, lo: int, hi: int,
+                   n: int) -> list[Bucket]:
+    rows = session.execute(_SCAN_SQL, {"lo": lo, "hi": hi, "n": n, "span": hi - lo + 1,
+                                       "experiment_id": experiment_id, "name": name,
+                                       "finite_kind": FINITE})
+    return [
+        Bucket(int(r.bucket), int(r.step_start), int(r.step_end), r.first, r.last, r.vmin,
+               r.vmax, float(r.vsum) / r.finite if r.finite else None, int(r.n),
+               int(r.n - r.finite))
+        for r in rows
     ]
 
 

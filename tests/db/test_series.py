@@ -37,14 +37,15 @@ def new_experiment(session: Session) -> uuid.UUID:
     return row.id
 
 
-def make_series(seed: int, length: int) -> Planted:
-    """A random walk on non-contiguous steps with spikes and non-finite values planted in it."""
+def make_series(seed: int, length: int, spread: int = 1) -> Planted:
+    """A random walk on non-contiguous steps with spikes and non-finite values planted in it;
+    ``spread`` multiplies the gaps between steps."""
     rng = random.Random(seed)
     step = rng.randrange(0, 1000)
     steps = []
     for _ in range(length):
         steps.append(step)
-        step += rng.choice((1, 1, 1, 2, 3, 7, 40))
+        step += rng.choice((1, 1, 1, 2, 3, 7, 40)) * spread
     values: dict[int, float] = {}
     level = 0.0
     for s in steps:
@@ -136,9 +137,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("seed", "length"), CASES)
-def test_buckets_match_the_reference(session: Session, seed: int, length: int) -> None:
-    planted = make_series(seed, length)
+def check_against_reference(session: Session, seed: int, length: int, spread: int = 1) -> None:
+    planted = make_series(seed, length, spread)
     experiment_id = new_experiment(session)
     store(session, experiment_id, planted)
     rng = random.Random(seed)
@@ -155,6 +155,24 @@ def test_buckets_match_the_reference(session: Session, seed: int, length: int) -
             )  # fmt: skip
             assert_same(got, want)
             assert len(got) <= n
+
+
+@pytest.mark.parametrize(("seed", "length"), CASES)
+def test_buckets_match_the_reference(session: Session, seed: int, length: int) -> None:
+    check_against_reference(session, seed, length)
+
+
+@pytest.mark.parametrize("scan_max_span", [None, 0])
+def test_long_step_ranges_match_the_reference(
+    session: Session, monkeypatch: pytest.MonkeyPatch, scan_max_span: int | None
+) -> None:
+    """A few thousand points over millions of steps (steps far apart). The database may pick
+    its query by the range's width: ``SCAN_MAX_SPAN = 0`` forces the long-range one for every
+    width, so each query shape meets the reference on the same data."""
+    if scan_max_span is not None:
+        monkeypatch.setattr(series, "SCAN_MAX_SPAN", scan_max_span, raising=False)
+    check_against_reference(session, 7, 3_000, spread=997)
+    check_against_reference(session, 8, N + 1)
 
 
 @pytest.mark.parametrize(("seed", "length"), [(11, 3_000), (12, 10_000)])
