@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
             allow_origins=settings.cors_origins,
             allow_methods=["*"],
             allow_headers=["*"],
+            expose_headers=["ETag"],  # so a dashboard on another origin can send If-None-Match
         )
     for router in (experiments.router, metrics.router, series.router, stream.router, meta.router):
         app.include_router(router, prefix=API_PREFIX, responses=COMMON_RESPONSES)

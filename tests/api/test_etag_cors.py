@@ -222,3 +222,15 @@ def test_cors_origins_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
     assert Settings().cors_origins == []
     monkeypatch.delenv("NORMLAB_CORS_ORIGINS")
     assert Settings().cors_origins == []
+
+
+def test_cors_exposes_the_etag_to_other_origins(tmp_path: Path) -> None:
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/c.db",
+        data_dir=tmp_path / "d",
+        artifacts_dir=tmp_path / "a",
+        cors_origins=["http://dash.example"],
+    )
+    with TestClient(create_app(settings, FakeDispatcher())) as client:
+        response = client.get("/api/v1/presets", headers={"Origin": "http://dash.example"})
+    assert "etag" in response.headers["access-control-expose-headers"].lower()
