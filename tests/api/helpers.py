@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
 from app.core.config import Settings
 from app.db import lifecycle
 from app.db.lifecycle import Lease
+from app.db.models import Experiment
 from app.db.session import session_scope
 
 API = "/api/v1"
@@ -51,3 +55,35 @@ def finish(settings: Settings, experiment_id: str, status: str = "succeeded", **
     lease = claim(settings, experiment_id)
     with session_scope(settings.database_url) as session:
         assert lifecycle.finish(session, lease, status=status, **kw)
+
+
+Event = dict[str, Any]
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[Event]:
+    """SSE frames → dicts of their fields; a comment line becomes {"comment": text}."""
+    fields: Event = {}
+    for line in lines:
+        if line == "":
+            if fields:
+                yield fields
+            fields = {}
+        elif line.startswith(":"):
+            yield {"comment": line[1:].strip()}
+        else:
+            key, _, value = line.partition(":")
+            assert key in ("id", "event", "data", "retry"), line
+            assert key not in fields, f"{key} twice in one event"
+            fields[key] = value.removeprefix(" ")
+    if fields:
+        yield fields
+
+
+def set_status(settings: Settings, experiment_id: str, status: str) -> None:
+    """Change the status as the worker or the cancel endpoint would (the row only)."""
+    with session_scope(settings.database_url) as session:
+        session.execute(
+            update(Experiment)
+            .where(Experiment.id == uuid.UUID(experiment_id))
+            .values(status=status, updated_at=datetime.now(UTC))
+        )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from app.db import metrics
 from app.db.models import Experiment
 from app.db.session import engine_for, session_scope
 from app.main import create_app
-from tests.api.helpers import API, FakeDispatcher, submit
+from tests.api.helpers import API, FakeDispatcher, set_status, submit
 from worker.training.result import MetricPoint
 
 ORIGIN = "http://dash.example"
@@ -27,15 +26,6 @@ def insert(settings: Settings, experiment_id: str, step: int, name: str = "loss"
     with session_scope(settings.database_url) as session:
         metrics.insert_points(
             session, uuid.UUID(experiment_id), [MetricPoint(name, step, 1, step / 10, 0.0)]
-        )
-
-
-def set_status(settings: Settings, experiment_id: str, status: str) -> None:
-    with session_scope(settings.database_url) as session:
-        session.execute(
-            update(Experiment)
-            .where(Experiment.id == uuid.UUID(experiment_id))
-            .values(status=status, updated_at=datetime.now(UTC))
         )
 
 

@@ -7,23 +7,19 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
 
 from app.api.routes import stream as stream_module
 from app.core.config import Settings
 from app.db import experiments, metrics
-from app.db.models import Experiment
 from app.db.session import session_scope
-from tests.api.helpers import API, submit
+from tests.api.helpers import API, Event, set_status, submit
+from tests.api.helpers import parse_sse as parse
 from worker.training.result import MetricPoint
 
-Event = dict[str, Any]
 DEADLINE_S = 20.0
 DEFAULT_HEARTBEAT_S = stream_module.HEARTBEAT_S  # before any test patches it
 
@@ -42,25 +38,6 @@ def quick_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def url(experiment_id: str) -> str:
     return f"{API}/experiments/{experiment_id}/stream"
-
-
-def parse(lines: Iterator[str]) -> Iterator[Event]:
-    """SSE frames → dicts of their fields; a comment line becomes {"comment": text}."""
-    fields: Event = {}
-    for line in lines:
-        if line == "":
-            if fields:
-                yield fields
-            fields = {}
-        elif line.startswith(":"):
-            yield {"comment": line[1:].strip()}
-        else:
-            key, _, value = line.partition(":")
-            assert key in ("id", "event", "data", "retry"), line
-            assert key not in fields, f"{key} twice in one event"
-            fields[key] = value.removeprefix(" ")
-    if fields:
-        yield fields
 
 
 def read(
@@ -97,16 +74,6 @@ def step_points(first: int, last: int, names: tuple[str, ...] = ("loss",)) -> li
         for s in range(first, last + 1)
         for name in names
     ]
-
-
-def set_status(settings: Settings, experiment_id: str, status: str) -> None:
-    """Change the status as the worker or the cancel endpoint would (the row only)."""
-    with session_scope(settings.database_url) as session:
-        session.execute(
-            update(Experiment)
-            .where(Experiment.id == uuid.UUID(experiment_id))
-            .values(status=status, updated_at=datetime.now(UTC))
-        )
 
 
 def claim(settings: Settings, experiment_id: str) -> None:

@@ -13,37 +13,23 @@ import json
 import statistics
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
+from tests.api.helpers import Event
+from tests.api.helpers import parse_sse as parse
 from tests.integration.conftest import SMALL, TERMINAL, all_points, wait_status
 
 # Runs until cancelled: the tests watch it train, then cancel it.
 ENDLESS: dict[str, Any] = {**SMALL, "training": {"epochs": 1000, "batch_size": 16}}
 STREAMS = 200
-Event = dict[str, str]
 
 
 def submit(client: httpx.Client, body: dict[str, Any]) -> str:
     response = client.post("/api/v1/experiments", json=body)
     assert response.status_code == 202, response.text
     return str(response.json()["id"])
-
-
-def parse(lines: Iterator[str]) -> Iterator[Event]:
-    fields: Event = {}
-    for line in lines:
-        if line == "":
-            if fields:
-                yield fields
-            fields = {}
-        elif line.startswith(":"):
-            yield {"comment": line[1:].strip()}
-        else:
-            key, _, value = line.partition(":")
-            fields[key] = value.removeprefix(" ")
 
 
 def read_stream(
