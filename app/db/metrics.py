@@ -8,12 +8,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import psycopg
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from app.db.models import FINITE, NAN, NEG_INF, POS_INF, MetricPoint
+from app.db.models import FINITE, NAN, NEG_INF, POS_INF, Experiment, MetricPoint
 from worker.training.result import MetricPoint as EnginePoint
 
 _KIND_VALUES = {NAN: math.nan, POS_INF: math.inf, NEG_INF: -math.inf}
@@ -32,9 +33,17 @@ def decode_value(value: float | None, kind: int) -> float:
     return value if kind == FINITE and value is not None else _KIND_VALUES[kind]
 
 
+class UnknownExperimentError(LookupError):
+    """Points were sent for an experiment that does not exist (or no longer does)."""
+
+
 def insert_points(session: Session, experiment_id: uuid.UUID, points: Iterable[EnginePoint]) -> int:
     """Bulk insert; a point already stored (same experiment, name, step) is left as it is, and
     so is the second of two points with the same name and step in one batch.
+
+    The experiment's row is locked first (writers of one experiment take turns; the sink's
+    heartbeat takes the same lock), and a missing experiment raises ``UnknownExperimentError``
+    with nothing written: this check replaces a per-row foreign key (migration 0004).
 
     On Postgres through psycopg 3 the points go in by COPY (see ``_copy_points``); elsewhere
     (SQLite, other drivers) by a multi-row ``INSERT … ON CONFLICT DO NOTHING``.
@@ -46,21 +55,34 @@ def insert_points(session: Session, experiment_id: uuid.UUID, points: Iterable[E
     if dialect.name == "postgresql" and dialect.driver == "psycopg":
         _copy_points(session, experiment_id, rows)
         return len(rows)
+    locked = select(Experiment.id).where(Experiment.id == experiment_id)
+    if dialect.name == "postgresql":
+        locked = locked.with_for_update(key_share=False, read=False)
+    if session.scalar(locked) is None:
+        raise UnknownExperimentError(experiment_id)
     insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
     session.execute(insert(MetricPoint).on_conflict_do_nothing(), [
         {"experiment_id": experiment_id, "name": name, "step": step, "epoch": epoch,
          "value": value, "kind": kind, "wall_time": wall_time}
-        for name, step, epoch, value, kind, wall_time in rows
+        for name, step, epoch, value, kind, wall_time in _first_of_each(rows)
     ])
     return len(rows)
 
 
+def _first_of_each(rows: list[Row]) -> list[Row]:
+    """The rows without a repeated (name, step): the first one stays."""
+    if len({(r[0], r[1]) for r in rows}) == len(rows):
+        return rows
+    return list({(r[0], r[1]): r for r in reversed(rows)}.values())[::-1]
+
+
 # Writers of one experiment take turns on its row (the sink's heartbeat takes the same lock):
 # then a point past the experiment's last stored step cannot be stored already, and such points
-# are copied straight into the table. Others (a retried batch, a resumed run) go through a
-# staging table, since COPY has no ON CONFLICT. The stage is per connection; ON COMMIT DELETE
-# ROWS empties it in place at commit, and DELETE … RETURNING empties it for a second batch in
-# the same transaction.
+# are copied straight into the table. Others (a retried batch, a resumed run, a batch naming a
+# point twice) go through a staging table, since COPY has no ON CONFLICT. The stage is per
+# connection; ON COMMIT DELETE ROWS empties it at commit, and DELETE … RETURNING empties it for
+# a second batch in the same transaction. ``ordinal`` numbers the rows as they came, so that of
+# two rows with the same name and step the first is kept.
 _LOCK = "SELECT 1 FROM experiments WHERE id = %s FOR NO KEY UPDATE"
 _LAST_STEP = "SELECT max(step) FROM metric_points WHERE experiment_id = %s"
 _COLUMNS = "name, step, epoch, value, kind, wall_time"
@@ -69,13 +91,15 @@ _COPY = f"COPY metric_points (experiment_id, {_COLUMNS}) FROM STDIN (FORMAT BINA
 _STAGE = "normlab_metric_stage"
 _CREATE_STAGE = (
     f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (name text, step bigint, epoch integer, "
-    "value double precision, kind smallint, wall_time double precision) ON COMMIT DELETE ROWS"
+    "value double precision, kind smallint, wall_time double precision, "
+    "ordinal bigint GENERATED ALWAYS AS IDENTITY) ON COMMIT DELETE ROWS"
 )
 _COPY_STAGE = f"COPY {_STAGE} ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 _MOVE = (
     f"WITH moved AS (DELETE FROM {_STAGE} RETURNING *) "
     f"INSERT INTO metric_points (experiment_id, {_COLUMNS}) "
-    f"SELECT %s, {_COLUMNS} FROM moved ON CONFLICT DO NOTHING"
+    f"SELECT DISTINCT ON (name, step) %s, {_COLUMNS} FROM moved ORDER BY name, step, ordinal "
+    "ON CONFLICT DO NOTHING"
 )
 
 Row = tuple[str, int, int, float | None, int, float]
@@ -85,20 +109,25 @@ def _copy_points(session: Session, experiment_id: uuid.UUID, rows: list[Row]) ->
     """Binary COPY in the caller's transaction: straight into ``metric_points`` when every step
     is past the experiment's last stored step (a run appending, the usual case), else into the
     staging table and on with ``INSERT … ON CONFLICT DO NOTHING`` (about 30% slower)."""
-    if len({(r[0], r[1]) for r in rows}) < len(rows):  # keep the first of duplicates
-        rows = list({(r[0], r[1]): r for r in reversed(rows)}.values())[::-1]
     connection = session.connection()
     driver = connection.connection.driver_connection
     try:
         with driver.cursor() as cursor:  # type: ignore[union-attr]
-            cursor.execute(_LOCK, (experiment_id,))
+            if cursor.execute(_LOCK, (experiment_id,)).fetchone() is None:
+                raise UnknownExperimentError(experiment_id)
             last = cursor.execute(_LAST_STEP, (experiment_id,)).fetchone()
             if last is None or last[0] is None or min(r[1] for r in rows) > last[0]:
-                with cursor.copy(_COPY) as copy:
-                    copy.set_types(["uuid", *_TYPES])
-                    for row in rows:
-                        copy.write_row((experiment_id, *row))
-                return
+                try:
+                    # A savepoint: a batch naming one point twice fails this COPY alone (a
+                    # unique violation), and takes the staging path. Checking for repeats
+                    # here instead cost more than the COPY's client side.
+                    with driver.transaction(), cursor.copy(_COPY) as copy:  # type: ignore[union-attr]
+                        copy.set_types(["uuid", *_TYPES])
+                        for row in rows:
+                            copy.write_row((experiment_id, *row))
+                    return
+                except psycopg.errors.UniqueViolation:
+                    pass
             cursor.execute(_CREATE_STAGE)
             with cursor.copy(_COPY_STAGE) as copy:
                 copy.set_types(_TYPES)

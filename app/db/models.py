@@ -75,9 +75,10 @@ class MetricPoint(Base):
     __tablename__ = "metric_points"
 
     # Keyed by (experiment, name, step): a retried write of the same point is harmless.
-    experiment_id: Mapped[uuid.UUID] = mapped_column(
-        Uuid, ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
-    )
+    # No foreign key (migration 0004): checked per row, it cost more than storing the point.
+    # Writers lock the experiment's row and check their lease first (app.db.metrics), and
+    # delete_finished deletes the points with their experiment.
+    experiment_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     epoch: Mapped[int] = mapped_column(Integer)
@@ -86,7 +87,9 @@ class MetricPoint(Base):
     wall_time: Mapped[float] = mapped_column(Float)
 
     # "This experiment's points after step S" without a scan (the polling query).
-    __table_args__ = (Index("ix_metric_points_exp_step", "experiment_id", "step"),)
+    # Postgres: without B-tree deduplication (every step repeats the key once per metric).
+    __table_args__ = (Index("ix_metric_points_exp_step", "experiment_id", "step",
+                            postgresql_with={"deduplicate_items": "off"}),)
 
 
 class ApiKey(Base):

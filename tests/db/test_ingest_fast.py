@@ -124,13 +124,25 @@ def test_several_batches_in_one_transaction_stay_apart(session: Session) -> None
 
 
 def test_errors_are_sqlalchemy_errors_and_the_session_recovers(session: Session) -> None:
-    with pytest.raises(IntegrityError):  # no such experiment: the foreign key refuses
-        metrics.insert_points(session, uuid.uuid4(), [MetricPoint("x", 1, 1, 1.0, 1.0)])
-    session.rollback()
     experiment_id = new_experiment(session)
+    session.commit()
+    with pytest.raises(IntegrityError):  # a point without an epoch: NOT NULL refuses
+        metrics.insert_points(session, experiment_id, [
+            MetricPoint("x", 1, 1, 1.0, 1.0), MetricPoint("x", 2, None, 1.0, 1.0),  # type: ignore[arg-type]
+        ])
+    session.rollback()
     metrics.insert_points(session, experiment_id, [MetricPoint("x", 1, 1, 1.0, 1.0)])
     session.commit()
     assert count(session, experiment_id) == 1
+
+
+def test_points_of_an_unknown_experiment_are_refused(session: Session) -> None:
+    """No foreign key since migration 0004: insert_points checks the experiment itself."""
+    missing = uuid.uuid4()
+    with pytest.raises(metrics.UnknownExperimentError):
+        metrics.insert_points(session, missing, [MetricPoint("x", 1, 1, 1.0, 1.0)])
+    session.rollback()
+    assert count(session, missing) == 0
 
 
 def test_a_large_batch(session: Session) -> None:
