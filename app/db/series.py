@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, aliased
 from app.db import bucketing
 from app.db.bucketing import Bucket
 from app.db.models import FINITE, MetricPoint
+from app.db.session import driver_cursor
 
 
 @dataclass(frozen=True)
@@ -160,13 +161,11 @@ def _bucketed_packed(session: Session, experiment_id: uuid.UUID, name: str, lo: 
     # One metric of one experiment is a primary-key range: never read the whole table. The
     # planner may think otherwise on a small table, or with statistics older than this run.
     session.execute(text("SET LOCAL enable_seqscan = off"))
-    # The driver connection inside the session's transaction; binary results: 360 kB of bytea
-    # for 20,000 points is not hex-encoded by the server and decoded again here.
-    driver = session.connection().connection.driver_connection
-    with driver.cursor(binary=True) as cursor:  # type: ignore[union-attr]
-        cursor.execute(_PACKED_SQL, {"experiment_id": experiment_id, "name": name,
-                                     "lo": lo, "hi": hi})
-        row = cursor.fetchone()
+    # Binary results: 360 kB of bytea for 20,000 points is not hex-encoded by the server and
+    # decoded again here.
+    with driver_cursor(session, binary=True) as cursor:
+        row = cursor.execute(_PACKED_SQL, {"experiment_id": experiment_id, "name": name,
+                                           "lo": lo, "hi": hi}).fetchone()
     return bucketing.aggregate(bucketing.unpack(row[0] if row else None), lo, hi, n, FINITE)
 
 

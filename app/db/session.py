@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -66,3 +67,29 @@ def dispose_after_fork() -> None:
     """Forget connections inherited from the parent process: they must never be shared."""
     for engine in _ENGINES.values():
         engine.dispose(close=False)
+
+
+def uses_psycopg(session: Session) -> bool:
+    """Postgres through psycopg 3: the hot paths then talk to the driver directly."""
+    dialect = session.get_bind().dialect
+    return dialect.name == "postgresql" and dialect.driver == "psycopg"
+
+
+@contextmanager
+def driver_cursor(session: Session, *, binary: bool = False) -> Iterator[Any]:
+    """A psycopg cursor inside the session's transaction, for the paths where SQLAlchemy's
+    statement and row handling cost more than the query (COPY, large pages, packed series).
+    Driver errors come out as SQLAlchemy's (a disconnect also invalidates the pooled
+    connection), as the API's 503 handling and the worker's retries expect."""
+    connection = session.connection()
+    driver = connection.connection.driver_connection
+    dialect = session.get_bind().dialect
+    try:
+        with driver.cursor(binary=binary) as cursor:  # type: ignore[union-attr]
+            yield cursor
+    except dialect.loaded_dbapi.Error as exc:
+        invalidated = dialect.is_disconnect(exc, driver, None)
+        if invalidated:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(None, None, exc, dialect.loaded_dbapi.Error,
+                                  connection_invalidated=invalidated) from exc
