@@ -38,15 +38,20 @@ def step_range(
     from_step: int | None = None, to_step: int | None = None, *, count_cap: int | None = None,
 ) -> StepRange | None:
     """First and last step in the range, and how many points it holds, counting no further than
-    ``count_cap`` (enough to choose raw points or buckets). min and max are index look-ups and a
-    capped count reads at most ``count_cap`` rows, so this costs nothing even for a long series."""
+    ``count_cap`` (enough to choose raw points or buckets). First and last are index look-ups and
+    a capped count reads at most ``count_cap`` rows, so this costs nothing even for a long series."""
     where = _filters(experiment_id, name, from_step, to_step)
     counted = select(literal(1)).where(*where)
     if count_cap is not None:
         counted = counted.limit(count_cap)
+    # First and last step as ORDER BY … LIMIT 1, not min()/max(): the planner rewrites those
+    # into the same probes only when its statistics say the range is large, and a running
+    # experiment's statistics are older than its points (then min() scanned the whole series).
+    def edge(order: Any) -> Any:
+        return select(MetricPoint.step).where(*where).order_by(order).limit(1).scalar_subquery()
+
     query = select(
-        select(func.min(MetricPoint.step)).where(*where).scalar_subquery(),
-        select(func.max(MetricPoint.step)).where(*where).scalar_subquery(),
+        edge(MetricPoint.step), edge(MetricPoint.step.desc()),
         select(func.count()).select_from(counted.subquery()).scalar_subquery(),
     )
     lo, hi, count = session.execute(query).one()
@@ -151,15 +156,16 @@ _PACKED_SQL = """
                       || int2send(kind), ''::bytea)
     FROM metric_points
     WHERE experiment_id = %(experiment_id)s AND name = %(name)s
-      AND step BETWEEN %(lo)s AND %(hi)s
+      AND (name, step) BETWEEN (%(name)s, %(lo)s) AND (%(name)s, %(hi)s)
 """
 SCAN_MAX_SPAN = 200_000  # beyond this many steps, one lateral probe per bucket is cheaper
 
 
 def _bucketed_packed(session: Session, experiment_id: uuid.UUID, name: str, lo: int, hi: int,
                      n: int) -> list[Bucket]:
-    # One metric of one experiment is a primary-key range: never read the whole table. The
-    # planner may think otherwise on a small table, or with statistics older than this run.
+    # One metric of one experiment is a primary-key range: never read the whole table (the
+    # planner may think otherwise on a small table), nor the polling index (it may, with
+    # statistics older than this run: the row comparison is an index bound only for the key).
     session.execute(text("SET LOCAL enable_seqscan = off"))
     # Binary results: 360 kB of bytea for 20,000 points is not hex-encoded by the server and
     # decoded again here.
