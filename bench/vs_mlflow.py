@@ -17,7 +17,8 @@ databases on that Postgres, starts ``mlflow server`` (2 workers, its job runner 
    ``runs/get`` vs ``GET /experiments/{id}``;
 
 then sends both the same NaN/±Infinity values and prints what each stored. One server is loaded
-at a time. Processes, databases and files are removed at the end, also after an error.
+at a time, and before each workload the script waits until no autovacuum worker runs (the last
+workload's writes wake one, which would compete with the next one for the CPUs). Processes, databases and files are removed at the end, also after an error.
 """
 
 from __future__ import annotations
@@ -109,6 +110,20 @@ class Stack:
             for name in reversed(self.databases):
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def quiesce(pg: str, limit_s: float = 90.0) -> None:
+    """Wait until no autovacuum worker runs (each system's writes wake autovacuum on its own
+    database, which then competes with the next workload for the same CPUs), then a second."""
+    deadline = time.monotonic() + limit_s
+    with psycopg.connect(f"{pg}/postgres", autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            busy = conn.execute("SELECT count(*) FROM pg_stat_activity "
+                                "WHERE backend_type = 'autovacuum worker'").fetchone()
+            if not busy or not busy[0]:
+                break
+            time.sleep(0.5)
+    time.sleep(1.0)
 
 
 def timed(func: Callable[[], int], repeats: int, expect: int) -> float:
@@ -203,13 +218,16 @@ def run(args: argparse.Namespace, stack: Stack) -> None:
     rows = ["| workload | MLflow | NormLab | NormLab vs MLflow |", "| --- | ---: | ---: | ---: |"]
 
     run_id = mlflow.new_run("bench")
+    quiesce(args.pg)
     started = time.perf_counter()
     mlflow.log(run_id, points)
     ml_rate = len(points) / (time.perf_counter() - started)
+    quiesce(args.pg)
     experiment_id, elapsed = normlab.ingest(points)
     nl_rate = len(points) / elapsed
     rows.append(f"| ingest {len(points):,} points | {ml_rate:,.0f} points/s | "
                 f"{nl_rate:,.0f} points/s | {nl_rate / ml_rate:.1f}× |")
+    quiesce(args.pg)
     rows += reads(args, mlflow, run_id, normlab, experiment_id)
     for clients in (20, 50):
         ml_poll = poll(f"{mlflow.base}/api/2.0/mlflow/runs/get?run_id={run_id}",

@@ -4,9 +4,12 @@ Dashboards poll one experiment many times a second. The general path costs a ses
 queries (a pool ping, the auth check, the row, its tags) and five thread hops per request. Here
 one statement returns the experiment, its tags and (when a key is sent, or keys may exist) the
 caller's key, on a connection this app keeps for its event loop (autocommit: no transaction
-round trips; only ever used from the loop, so never shared between threads). The JSON is cached
-per experiment, keyed on every stored value that goes into it: the answer is always exactly what
-the general path would build from the current row, never a stale copy.
+round trips; only ever used from the loop, so never shared between threads). On Postgres it is
+an asynchronous psycopg connection, and identical concurrent polls share one query
+(``app.api.coalescing``: never one that started before the request arrived), so the loop serves
+other requests while the database answers. The JSON is cached per experiment, keyed on every
+stored value that goes into it: the answer is always exactly what the general path would build
+from the current row, never a stale copy.
 
 Anything unusual (no such row, a missing or bad key, another owner's experiment, a database
 error) returns None, and the caller takes the general path, which produces the 401/404/503.
@@ -14,6 +17,7 @@ error) returns None, and the caller takes the general path, which produces the 4
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -23,11 +27,14 @@ import weakref
 from collections import OrderedDict
 from typing import Any, cast
 
+import psycopg
 from fastapi import Request
 from sqlalchemy import Connection
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from app.api import deps
+from app.api.coalescing import Coalescer
 from app.api.etag import etag_of
 from app.core.config import Settings
 from app.db import keys, polling
@@ -55,11 +62,15 @@ class Poller:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.connection: Connection | None = None
+        self.connection: Connection | None = None  # SQLite, or a driver other than psycopg
+        self.asynchronous = make_url(settings.database_url).drivername == "postgresql+psycopg"
+        self.async_connection: psycopg.AsyncConnection[Any] | None = None
+        self.async_loop: asyncio.AbstractEventLoop | None = None
+        self.coalescer: Coalescer[list[Any]] = Coalescer()
         self.cache: OrderedDict[uuid.UUID, tuple[tuple[Any, ...], bytes, str]] = OrderedDict()
         self.down_until = 0.0
 
-    def read(self, request: Request, experiment_id: uuid.UUID) -> tuple[bytes, str] | None:
+    async def read(self, request: Request, experiment_id: uuid.UUID) -> tuple[bytes, str] | None:
         if time.monotonic() < self.down_until:
             return None
         token = _bearer(request.headers.get("authorization"))
@@ -69,8 +80,8 @@ class Poller:
             return None
         key_id, digest = _key_id(token) if token is not None else (None, None)
         try:
-            rows = self._query(experiment_id, key_id, probe_keys=not auth_known_on)
-        except DBAPIError as exc:
+            rows = await self._query(experiment_id, key_id, probe_keys=not auth_known_on)
+        except (DBAPIError, psycopg.Error) as exc:
             log.warning("polling fast path off for %.0f s: %s", BACKOFF_S,
                         str(exc).splitlines()[0])
             self.close()
@@ -95,14 +106,31 @@ class Poller:
         values = tuple(first[: polling.N_EXPERIMENT_COLUMNS])
         return self._representation(experiment_id, values, tags)
 
-    def _query(self, experiment_id: uuid.UUID, key_id: str | None,
-               probe_keys: bool) -> list[Any]:
+    async def _query(self, experiment_id: uuid.UUID, key_id: str | None,
+                     probe_keys: bool) -> list[Any]:
+        if self.asynchronous:
+            return await self.coalescer.get(
+                (experiment_id, key_id, probe_keys),
+                lambda: self._query_async(experiment_id, key_id, probe_keys),
+            )
         if self.connection is None or self.connection.closed:
             self.connection = engine_for(self.settings.database_url).connect().execution_options(
                 isolation_level="AUTOCOMMIT")
             # Back to the pool when this app goes away (tests make many apps in one process).
             weakref.finalize(self, _close, self.connection)
         return polling.experiment_rows(self.connection, experiment_id, key_id, probe_keys)
+
+    async def _query_async(self, experiment_id: uuid.UUID, key_id: str | None,
+                           probe_keys: bool) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        if self.async_connection is None or self.async_connection.closed \
+                or self.async_loop is not loop:  # a connection belongs to one event loop
+            self._close_async()
+            self.async_connection = await polling.connect_async(self.settings.database_url)
+            self.async_loop = loop
+            weakref.finalize(self, _finish, self.async_connection)
+        return await polling.experiment_rows_async(self.async_connection, experiment_id,
+                                                   key_id, probe_keys)
 
     def _representation(self, experiment_id: uuid.UUID, values: tuple[Any, ...],
                         tags: list[str]) -> tuple[bytes, str]:
@@ -126,11 +154,22 @@ class Poller:
         if self.connection is not None:
             _close(self.connection)
             self.connection = None
+        self._close_async()
+
+    def _close_async(self) -> None:
+        if self.async_connection is not None:
+            _finish(self.async_connection)
+            self.async_connection = self.async_loop = None
 
 
 def _close(connection: Connection) -> None:
     with contextlib.suppress(DBAPIError):
         connection.close()
+
+
+def _finish(connection: psycopg.AsyncConnection[Any]) -> None:
+    """Close without the event loop (it may be gone): libpq's own close, no round trip."""
+    connection.pgconn.finish()
 
 
 def poller(request: Request) -> Poller:

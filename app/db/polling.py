@@ -1,13 +1,19 @@
 """The one query of the hot polling path (``app.api.polled``): an experiment, its tags, and the
-caller's API key row, in a single round trip on a connection the caller holds."""
+caller's API key row, in a single round trip on a connection the caller holds: a SQLAlchemy
+connection, or on Postgres a psycopg ``AsyncConnection`` that keeps the event loop free while
+the database answers."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
+import psycopg
+from psycopg.rows import namedtuple_row
 from sqlalchemy import Connection, Select, Text, bindparam, exists, literal, select
 from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
+from sqlalchemy.engine import make_url
 
 from app.db.models import ApiKey, Experiment, ExperimentTag
 
@@ -67,3 +73,32 @@ def experiment_rows(
             _STATEMENTS[probe_keys], {"experiment_id": experiment_id, "key_id": key_id or ""}
         )
     )
+
+
+def _driver_sql(statement: Select[Any]) -> tuple[str, dict[str, Any]]:
+    compiled = statement.compile(dialect=psycopg_dialect.dialect())
+    return str(compiled), dict(compiled.params)
+
+
+_DRIVER_SQL = {probe: _driver_sql(statement) for probe, statement in _STATEMENTS.items()}
+
+
+async def connect_async(database_url: str) -> psycopg.AsyncConnection[Any]:
+    """A psycopg connection for the event loop (autocommit; rows as named tuples)."""
+    conninfo = make_url(database_url).set(drivername="postgresql")
+    return await psycopg.AsyncConnection.connect(
+        conninfo.render_as_string(hide_password=False), autocommit=True,
+        row_factory=namedtuple_row,
+    )
+
+
+async def experiment_rows_async(
+    connection: psycopg.AsyncConnection[Any], experiment_id: uuid.UUID, key_id: str | None,
+    probe_keys: bool,
+) -> list[Any]:
+    """``experiment_rows`` on a psycopg ``AsyncConnection`` (from ``connect_async``)."""
+    sql, defaults = _DRIVER_SQL[probe_keys]
+    cursor = await connection.execute(
+        sql, {**defaults, "experiment_id": experiment_id, "key_id": key_id or ""}
+    )
+    return await cursor.fetchall()

@@ -38,8 +38,8 @@ def step_range(
     from_step: int | None = None, to_step: int | None = None, *, count_cap: int | None = None,
 ) -> StepRange | None:
     """First and last step in the range, and how many points it holds, counting no further than
-    ``count_cap`` (enough to choose raw points or buckets). First and last are index look-ups and
-    a capped count reads at most ``count_cap`` rows, so this costs nothing even for a long series."""
+    ``count_cap`` (enough to choose raw points or buckets). First and last are index look-ups
+    and a capped count reads at most ``count_cap`` rows: cheap even for a long series."""
     where = _filters(experiment_id, name, from_step, to_step)
     counted = select(literal(1)).where(*where)
     if count_cap is not None:

@@ -6,18 +6,29 @@ from __future__ import annotations
 import asyncio
 import socket
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.exc import OperationalError
 
-from app.api import polled
+from app.api import deps, polled
 from app.api.routes.experiments import _get_experiment
 from app.cli.service import tcp_listener
 from app.core.config import Settings
 from app.db import keys
 from app.db.session import session_scope
 from tests.api.helpers import API, claim, finish, submit
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Iterator[Settings]:
+    """Every test here on SQLite and on Postgres, where the fast path is asynchronous and
+    coalesces identical polls."""
+    deps._keys_exist.discard(db_url)  # one Postgres database for all tests: forget earlier keys
+    yield Settings(database_url=db_url, data_dir=tmp_path / "data", artifacts_dir=tmp_path / "art")
+    deps._keys_exist.discard(db_url)
 
 
 def poller(client: TestClient) -> polled.Poller:
@@ -40,6 +51,8 @@ def test_fast_answer_is_the_general_answer(client: TestClient) -> None:
     response = client.get(f"{API}/experiments/{body['id']}")
     assert response.status_code == 200
     assert uuid.UUID(body["id"]) in poller(client).cache  # answered by the fast path
+    if poller(client).asynchronous:  # Postgres: on the loop's own psycopg connection
+        assert poller(client).async_connection is not None
     assert response.content == general_path(client, body["id"], {})
     assert response.json()["tags"] == ["alpha", "mid", "zeta"]
     again = client.get(f"{API}/experiments/{body['id']}",

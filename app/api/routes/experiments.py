@@ -188,7 +188,7 @@ def list_experiments(
 @router.get("/{experiment_id}", response_model=ExperimentOut, responses=NOT_FOUND)
 async def get_experiment(experiment_id: uuid.UUID, request: Request) -> Response:
     """One experiment. Send the last `ETag` as `If-None-Match` to get 304 when unchanged."""
-    found = polled.poller(request).read(request, experiment_id)  # in the loop: one query
+    found = await polled.poller(request).read(request, experiment_id)  # one query, shared
     if found is not None:
         return etag_body(request, found[0], tag=found[1])
     return await run_in_threadpool(_get_experiment, experiment_id, request)
