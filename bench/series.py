@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import text
 
 from app.core.config import Settings
-from app.db import experiments, series
+from app.db import experiments, rollups, series
 from app.db.migrate import upgrade
 from app.db.session import engine_for, session_scope
 from app.dispatch import Dispatcher
@@ -103,10 +103,14 @@ def fill(url: str, n: int, others: int = 0) -> uuid.UUID:
                 "infinity": n - 1,
             },
         )
+        # The series blocks, as the worker's write path keeps them (app.db.rollups).
+        with connection.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+            rollups.rebuild(cursor, experiment_id, 0)
     with engine_for(url).connect() as connection:
         connection.execution_options(isolation_level="AUTOCOMMIT").execute(
             text("VACUUM ANALYZE metric_points")
         )
+        connection.execute(text("VACUUM ANALYZE metric_rollups"))
     return experiment_id
 
 
@@ -114,6 +118,7 @@ def drop(url: str, experiment_id: uuid.UUID) -> None:
     with engine_for(url).begin() as connection:
         params = {"id": experiment_id}
         connection.execute(text("DELETE FROM metric_points WHERE experiment_id = :id"), params)
+        connection.execute(text("DELETE FROM metric_rollups WHERE experiment_id = :id"), params)
         connection.execute(text("DELETE FROM experiment_tags WHERE experiment_id = :id"), params)
         connection.execute(text("DELETE FROM experiments WHERE id = :id"), params)
 

@@ -18,7 +18,8 @@ databases on that Postgres, starts ``mlflow server`` (2 workers, its job runner 
 
 then sends both the same NaN/±Infinity values and prints what each stored. One server is loaded
 at a time, and before each workload the script waits until no autovacuum worker runs (the last
-workload's writes wake one, which would compete with the next one for the CPUs). Processes, databases and files are removed at the end, also after an error.
+workload's writes wake one, which would compete with the next one for the CPUs). Processes,
+databases and files are removed at the end, also after an error.
 """
 
 from __future__ import annotations

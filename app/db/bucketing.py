@@ -44,6 +44,63 @@ def _runs(keys: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
 
 
+@dataclass(frozen=True)
+class Summary:
+    """Per group of points (a run of equal keys): numpy columns. Where a group has no finite
+    value, vmin/vmax/vsum/first/last are NaN and first_step/last_step are -1."""
+
+    key: np.ndarray
+    step_start: np.ndarray
+    step_end: np.ndarray
+    count: np.ndarray
+    finite: np.ndarray
+    vmin: np.ndarray
+    vmax: np.ndarray
+    vsum: np.ndarray
+    first_step: np.ndarray
+    first: np.ndarray
+    last_step: np.ndarray
+    last: np.ndarray
+
+
+def summarize(keys: np.ndarray, step: np.ndarray, value: np.ndarray,
+              finite: np.ndarray) -> Summary:
+    """Group points by ``keys`` (sorted, equal keys adjacent; within a key, points in step
+    order) and summarize each group. ``value`` is ignored where ``finite`` is False."""
+    starts = _runs(keys)
+    ends = np.append(starts[1:], len(keys)) - 1
+    ids = keys[starts]
+    values, finite_keys, finite_steps = value[finite], keys[finite], step[finite]
+    f_starts = _runs(finite_keys)
+    f_ends = np.append(f_starts[1:], len(finite_keys)) - 1
+    # Where each group with a finite value sits among all groups (both lists are sorted).
+    slot = np.searchsorted(ids, finite_keys[f_starts])
+
+    def spread(column: np.ndarray, empty: float) -> np.ndarray:
+        out = np.full(len(ids), empty, dtype=column.dtype if len(column) else np.float64)
+        out[slot] = column
+        return out
+
+    finite_count = np.zeros(len(ids), dtype=np.int64)
+    finite_count[slot] = f_ends - f_starts + 1
+    have = len(values) > 0
+    return Summary(
+        key=ids, step_start=step[starts], step_end=step[ends], count=ends - starts + 1,
+        finite=finite_count,
+        vmin=spread(np.minimum.reduceat(values, f_starts) if have else values, np.nan),
+        vmax=spread(np.maximum.reduceat(values, f_starts) if have else values, np.nan),
+        vsum=spread(np.add.reduceat(values, f_starts) if have else values, np.nan),
+        first_step=spread(finite_steps[f_starts], -1).astype(np.int64),
+        first=spread(values[f_starts], np.nan),
+        last_step=spread(finite_steps[f_ends], -1).astype(np.int64),
+        last=spread(values[f_ends], np.nan),
+    )
+
+
+def _optional(column: np.ndarray, present: np.ndarray) -> list[float | None]:
+    return [v if ok else None for v, ok in zip(column.tolist(), present.tolist(), strict=True)]
+
+
 def aggregate(points: np.ndarray, lo: int, hi: int, n: int, finite_kind: int) -> list[Bucket]:
     """At most ``n`` buckets over [lo, hi] of ``points`` (sorted by step, all inside the range,
     no step twice). ``value`` is ignored where ``kind != finite_kind``."""
@@ -52,39 +109,17 @@ def aggregate(points: np.ndarray, lo: int, hi: int, n: int, finite_kind: int) ->
     step = points["step"].astype(np.int64)
     # Integer arithmetic, as in SQL: (step - lo) * n fits easily (the span is bounded).
     bucket = (step - lo) * n // (hi - lo + 1)
-    starts = _runs(bucket)
-    ends = np.append(starts[1:], len(bucket)) - 1
-    ids = bucket[starts]
-
-    finite = points["kind"] == finite_kind
-    values = points["value"].astype(np.float64)[finite]
-    finite_bucket = bucket[finite]
-    f_starts = _runs(finite_bucket)
-    f_ends = np.append(f_starts[1:], len(finite_bucket)) - 1
-    # Where each bucket with a finite value sits among all buckets (both lists are sorted).
-    slot = np.searchsorted(ids, finite_bucket[f_starts])
-    finite_count = np.zeros(len(ids), dtype=np.int64)
-    finite_count[slot] = f_ends - f_starts + 1
-
-    def per_bucket(finite_values: np.ndarray) -> list[float | None]:
-        column: list[float | None] = [None] * len(ids)
-        for i, v in zip(slot.tolist(), finite_values.tolist(), strict=True):
-            column[i] = v
-        return column
-
-    if len(values):
-        sums = np.add.reduceat(values, f_starts)
-        first, last = per_bucket(values[f_starts]), per_bucket(values[f_ends])
-        vmin = per_bucket(np.minimum.reduceat(values, f_starts))
-        vmax = per_bucket(np.maximum.reduceat(values, f_starts))
-        mean = per_bucket(sums / (f_ends - f_starts + 1))
-    else:
-        first = last = vmin = vmax = mean = [None] * len(ids)
-    counts = (ends - starts + 1).tolist()
+    s = summarize(bucket, step, points["value"].astype(np.float64),
+                  points["kind"] == finite_kind)
+    present = s.finite > 0
+    mean = np.divide(s.vsum, s.finite, out=np.full(len(s.key), np.nan), where=present)
+    counts = s.count.tolist()
     return [
-        Bucket(b, s, e, f, la, mi, ma, me, c, c - fc)
-        for b, s, e, f, la, mi, ma, me, c, fc in zip(
-            ids.tolist(), step[starts].tolist(), step[ends].tolist(), first, last, vmin, vmax,
-            mean, counts, finite_count.tolist(), strict=True,
+        Bucket(b, st, e, f, la, mi, ma, me, c, c - fc)
+        for b, st, e, f, la, mi, ma, me, c, fc in zip(
+            s.key.tolist(), s.step_start.tolist(), s.step_end.tolist(),
+            _optional(s.first, present), _optional(s.last, present),
+            _optional(s.vmin, present), _optional(s.vmax, present), _optional(mean, present),
+            counts, s.finite.tolist(), strict=True,
         )
     ]

@@ -13,7 +13,7 @@ from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db.models import Experiment, ExperimentTag, MetricPoint
+from app.db.models import Experiment, ExperimentTag, MetricPoint, MetricRollup
 
 ACTIVE = ("queued", "running", "cancelling")
 FINISHED = ("succeeded", "diverged", "failed", "cancelled")
@@ -198,5 +198,6 @@ def delete_finished(session: Session, experiment_id: uuid.UUID) -> None:
         session.rollback()
         raise InvalidTransitionError(current or "missing", "delete")
     session.execute(delete(MetricPoint).where(MetricPoint.experiment_id == experiment_id))
+    session.execute(delete(MetricRollup).where(MetricRollup.experiment_id == experiment_id))
     session.execute(delete(ExperimentTag).where(ExperimentTag.experiment_id == experiment_id))
     session.commit()

@@ -15,8 +15,10 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from app.db import rollups
 from app.db.experiments import now
 from app.db.models import Experiment, MetricPoint
+from app.db.session import driver_cursor, uses_psycopg
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,9 @@ def delete_points_after(session: Session, experiment_id: uuid.UUID, step: int) -
     """Drop points a previous attempt wrote after its last checkpoint (they will be redone)."""
     session.execute(delete(MetricPoint).where(MetricPoint.experiment_id == experiment_id,
                                               MetricPoint.step > step))
+    if uses_psycopg(session):  # the series blocks past that step, as the points now are
+        with driver_cursor(session) as cursor:
+            rollups.rebuild(cursor, experiment_id, step + 1)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from app.db import rollups
 from app.db.models import FINITE, NAN, NEG_INF, POS_INF, Experiment, MetricPoint
 from app.db.session import driver_cursor, uses_psycopg
 from worker.training.result import MetricPoint as EnginePoint
@@ -108,7 +109,8 @@ Row = tuple[str, int, int, float | None, int, float]
 def _copy_points(session: Session, experiment_id: uuid.UUID, rows: list[Row]) -> None:
     """Binary COPY in the caller's transaction: straight into ``metric_points`` when every step
     is past the experiment's last stored step (a run appending, the usual case), else into the
-    staging table and on with ``INSERT … ON CONFLICT DO NOTHING`` (about 30% slower)."""
+    staging table and on with ``INSERT … ON CONFLICT DO NOTHING`` (about 30% slower). The
+    series blocks (``app.db.rollups``) are kept up to date in the same transaction."""
     with driver_cursor(session) as cursor:
         if cursor.execute(_LOCK, (experiment_id,)).fetchone() is None:
             raise UnknownExperimentError(experiment_id)
@@ -122,6 +124,7 @@ def _copy_points(session: Session, experiment_id: uuid.UUID, rows: list[Row]) ->
                     copy.set_types(["uuid", *_TYPES])
                     for row in rows:
                         copy.write_row((experiment_id, *row))
+                rollups.merge(cursor, experiment_id, rows)  # all new: merged, not recomputed
                 return
             except psycopg.errors.UniqueViolation:
                 pass
@@ -131,6 +134,9 @@ def _copy_points(session: Session, experiment_id: uuid.UUID, rows: list[Row]) ->
             for row in rows:
                 copy.write_row(row)
         cursor.execute(_MOVE, (experiment_id,))
+        # Some points may have been stored already: the blocks are recomputed from the table.
+        rollups.rebuild(cursor, experiment_id, min(r[1] for r in rows), max(r[1] for r in rows),
+                        sorted({r[0] for r in rows}))
 
 
 class PointRow(NamedTuple):

@@ -92,6 +92,29 @@ class MetricPoint(Base):
                             postgresql_with={"deduplicate_items": "off"}),)
 
 
+class MetricRollup(Base):
+    """A block of ``block_size`` aligned steps of one metric, summarized (app.db.rollups): long
+    series are bucketed from these. Kept by the Postgres write path; unused on SQLite."""
+
+    __tablename__ = "metric_rollups"
+
+    experiment_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    block_size: Mapped[int] = mapped_column(Integer, primary_key=True)
+    block: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    step_start: Mapped[int] = mapped_column(BigInteger)
+    step_end: Mapped[int] = mapped_column(BigInteger)
+    count: Mapped[int] = mapped_column(BigInteger)
+    finite: Mapped[int] = mapped_column(BigInteger)
+    vmin: Mapped[float | None] = mapped_column(Float)
+    vmax: Mapped[float | None] = mapped_column(Float)
+    vsum: Mapped[float | None] = mapped_column(Float)
+    first_step: Mapped[int | None] = mapped_column(BigInteger)
+    first: Mapped[float | None] = mapped_column(Float)
+    last_step: Mapped[int | None] = mapped_column(BigInteger)
+    last: Mapped[float | None] = mapped_column(Float)
+
+
 class ApiKey(Base):
     """An API key. Only a SHA-256 of the key is stored; ``key_id`` (public) finds the row."""
 

@@ -5,10 +5,11 @@ integer arithmetic, which both databases evaluate the same way. Per bucket: firs
 value, min, max, mean (finite values only: non-finite points have ``value`` NULL, which SQL
 aggregates skip) and how many points were not finite. A spike is some bucket's max, always.
 
-Three shapes give the same buckets (tests/db/test_series.py checks each against one Python
+Four shapes give the same buckets (tests/db/test_series.py checks each against one Python
 reference): a portable GROUP BY (SQLite); on Postgres, numpy over the packed points of ranges
-up to ``SCAN_MAX_SPAN`` steps (``app.db.bucketing``), and a LATERAL aggregate per bucket for
-longer ranges, about twice as fast as a GROUP BY on a long series (bench/series.py).
+up to ``SCAN_MAX_SPAN`` steps (``app.db.bucketing``), pre-aggregated blocks plus the points at
+each bucket's edges for longer ranges (``app.db.rollups``), and a LATERAL aggregate per bucket
+where blocks would not read fewer rows (or are not kept: a driver other than psycopg).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from typing import Any
 from sqlalchemy import BigInteger, case, cast, func, literal, select, text, true
 from sqlalchemy.orm import Session, aliased
 
-from app.db import bucketing
+from app.db import bucketing, rollups
 from app.db.bucketing import Bucket
 from app.db.models import FINITE, MetricPoint
-from app.db.session import driver_cursor
+from app.db.session import driver_cursor, uses_psycopg
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,10 @@ def bucketed(session: Session, experiment_id: uuid.UUID, name: str, lo: int, hi:
     if session.get_bind().dialect.name == "postgresql":
         if hi - lo + 1 <= SCAN_MAX_SPAN:
             return _bucketed_packed(session, experiment_id, name, lo, hi, n)
+        size = rollups.block_size_for(hi - lo + 1, n)
+        if size is not None and uses_psycopg(session):  # the blocks are kept on this path
+            with driver_cursor(session) as cursor:
+                return rollups.buckets(cursor, experiment_id, name, lo, hi, n, size)
         return _bucketed_lateral(session, experiment_id, name, lo, hi, n)
     return _bucketed_grouped(session, experiment_id, name, lo, hi, n)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy.orm import Session
 
-from app.db import experiments, metrics, series
+from app.db import experiments, metrics, rollups, series
 from app.db.series import Bucket
 from worker.training.result import MetricPoint
 
@@ -162,17 +162,21 @@ def test_buckets_match_the_reference(session: Session, seed: int, length: int) -
     check_against_reference(session, seed, length)
 
 
-@pytest.mark.parametrize("scan_max_span", [None, 0])
+@pytest.mark.parametrize("shape", ["default", "blocks-64", "blocks-4096", "lateral"])
 def test_long_step_ranges_match_the_reference(
-    session: Session, monkeypatch: pytest.MonkeyPatch, scan_max_span: int | None
+    session: Session, monkeypatch: pytest.MonkeyPatch, shape: str
 ) -> None:
-    """A few thousand points over millions of steps (steps far apart). The database may pick
-    its query by the range's width: ``SCAN_MAX_SPAN = 0`` forces the long-range one for every
-    width, so each query shape meets the reference on the same data."""
-    if scan_max_span is not None:
-        monkeypatch.setattr(series, "SCAN_MAX_SPAN", scan_max_span, raising=False)
+    """A few thousand points over millions of steps (steps far apart). Postgres picks its query
+    by the range's width; ``SCAN_MAX_SPAN = 0`` forces the long-range ones for every width,
+    and the block size (``app.db.rollups``: None means per-bucket LATERAL probes) is forced too,
+    so each query shape meets the reference on the same data."""
+    if shape != "default":
+        monkeypatch.setattr(series, "SCAN_MAX_SPAN", 0, raising=False)
+        size = int(shape.split("-")[1]) if shape.startswith("blocks") else None
+        monkeypatch.setattr(rollups, "block_size_for", lambda span, n: size)
     check_against_reference(session, 7, 3_000, spread=997)
     check_against_reference(session, 8, N + 1)
+    check_against_reference(session, 9, 2_000, spread=3)  # dense: whole blocks in buckets
 
 
 @pytest.mark.parametrize(("seed", "length"), [(11, 3_000), (12, 10_000)])

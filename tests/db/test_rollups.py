@@ -1,0 +1,110 @@
+"""app.db.rollups on Postgres: the stored blocks always equal blocks recomputed from the points,
+whatever path wrote or deleted them (appends, retried and overlapping batches, a batch naming a
+point twice, a resumed run's deletion, deleting the experiment)."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from app.db import experiments, lifecycle, metrics, rollups
+from app.db.session import engine_for, session_factory
+from worker.training.result import MetricPoint
+
+RECOMPUTED = f"{rollups.SUMMARY_SELECT} WHERE p.experiment_id = :e GROUP BY 1, 2, 3, 4"
+STORED = ("SELECT experiment_id, name, block_size, block, step_start, step_end, count, finite, "
+          "vmin, vmax, vsum, first_step, first, last_step, last FROM metric_rollups "
+          "WHERE experiment_id = :e")
+
+
+@pytest.fixture
+def pg(postgres_url: str) -> Iterator[Session]:
+    with engine_for(postgres_url).begin() as connection:
+        connection.execute(text("TRUNCATE metric_points, metric_rollups, experiment_tags, "
+                                "experiments, api_keys CASCADE"))
+    with session_factory(postgres_url)() as session:
+        yield session
+
+
+def new_experiment(session: Session) -> uuid.UUID:
+    row, _ = experiments.create(session, config={"name": "rollups"}, tags=[])
+    session.commit()
+    return row.id
+
+
+def points(steps: range, names: tuple[str, ...] = ("loss", "grad_norm"),
+           shift: float = 0.0) -> list[MetricPoint]:
+    odd = {5: math.nan, 700: math.inf, 701: -math.inf}
+    return [MetricPoint(n, s, 1, odd.get(s, math.sin(s) * (i + 1) + shift), 1.0)
+            for s in steps for i, n in enumerate(names)]
+
+
+def assert_true_to_points(session: Session, experiment_id: uuid.UUID) -> None:
+    def rows(sql: str) -> list[tuple[object, ...]]:
+        found = session.execute(text(sql), {"e": experiment_id}).all()
+        return sorted(tuple(r) for r in found)
+
+    stored, recomputed = rows(STORED), rows(RECOMPUTED)
+    assert len(stored) == len(recomputed) > 0
+    for got, want in zip(stored, recomputed, strict=True):
+        assert got[:10] == want[:10] and got[11:] == want[11:], (got, want)
+        assert (got[10] is None) == (want[10] is None)  # vsum: the order of additions differs
+        if want[10] is not None:
+            assert got[10] == pytest.approx(want[10], rel=1e-9, abs=1e-9)
+
+
+def test_appended_batches_merge_into_true_blocks(pg: Session) -> None:
+    experiment_id = new_experiment(pg)
+    for lo in range(0, 9000, 1100):  # batches cut blocks of every size in odd places
+        metrics.insert_points(pg, experiment_id, points(range(lo, lo + 1100)))
+        pg.commit()
+    assert_true_to_points(pg, experiment_id)
+
+
+def test_overlapping_and_repeated_points_recompute_their_blocks(pg: Session) -> None:
+    experiment_id = new_experiment(pg)
+    metrics.insert_points(pg, experiment_id, points(range(0, 3000)))
+    pg.commit()
+    # A retried batch overlapping stored steps, with new ones after (the staging path) ...
+    metrics.insert_points(pg, experiment_id, points(range(2500, 5000), shift=9.0))
+    # ... and a batch naming one point twice, past the last step.
+    twice = points(range(5000, 5100))
+    metrics.insert_points(pg, experiment_id, [*twice, *points(range(5050, 5060), shift=1.0)])
+    pg.commit()
+    assert_true_to_points(pg, experiment_id)
+
+
+def test_a_resumed_run_deletes_into_true_blocks(pg: Session) -> None:
+    experiment_id = new_experiment(pg)
+    metrics.insert_points(pg, experiment_id, points(range(0, 40_000, 3)))
+    pg.commit()
+    lifecycle.delete_points_after(pg, experiment_id, 20_001)  # mid-block for every size
+    pg.commit()
+    assert_true_to_points(pg, experiment_id)
+    metrics.insert_points(pg, experiment_id, points(range(20_002, 30_000), shift=2.0))
+    pg.commit()
+    assert_true_to_points(pg, experiment_id)
+
+
+def test_deleting_the_experiment_deletes_its_blocks(pg: Session) -> None:
+    experiment_id = new_experiment(pg)
+    metrics.insert_points(pg, experiment_id, points(range(0, 100)))
+    pg.commit()
+    experiments.request_cancel(pg, experiment_id)  # queued → cancelled: finished
+    pg.commit()
+    experiments.delete_finished(pg, experiment_id)
+    left = pg.execute(text("SELECT count(*) FROM metric_rollups WHERE experiment_id = :e"),
+                      {"e": experiment_id}).scalar()
+    assert left == 0
+
+
+def test_block_size_reads_the_fewest_rows() -> None:
+    assert rollups.block_size_for(1_000_000, 1000) == 64
+    assert rollups.block_size_for(100_000_000, 100) == 512
+    assert rollups.block_size_for(1_000_000_000, 100) == 4096
+    assert rollups.block_size_for(20_000, 500) is None  # points alone are cheaper
