@@ -167,7 +167,7 @@ class Normlab:
         found: list[dict[str, Any]] = []
         after = -1
         while page := self.get(f"{experiment_id}/metrics", names=name, after_step=after,
-                               limit=10_000)["items"]:
+                               limit=50_000)["items"]:
             found += page
             after = page[-1]["step"]
         return found
