@@ -95,7 +95,7 @@ def merge(cursor: Any, experiment_id: uuid.UUID, rows: list[tuple[Any, ...]]) ->
     finite = np.fromiter((r[4] == FINITE for r in rows), np.bool_, count)
     order = np.lexsort((step, name_code))
     name_code, step, value, finite = name_code[order], step[order], value[order], finite[order]
-    names = np.array(list(codes), dtype=object)
+    names = np.array([_quoted(name) for name in codes], dtype=object)
     columns: dict[str, list[np.ndarray]] = {}
     for size in BLOCK_SIZES:
         s = summarize((name_code << _KEY_SHIFT) | (step // size), step, value, finite)
@@ -112,8 +112,22 @@ def merge(cursor: Any, experiment_id: uuid.UUID, rows: list[tuple[Any, ...]]) ->
             if key in _OPTIONAL:  # NULL where the block has no finite value
                 column = np.where(present, column, None)
             columns.setdefault(key, []).append(column)
-    params = {key: np.concatenate(parts).tolist() for key, parts in columns.items()}
+    # Postgres array literals: adapting the lists element by element cost more than the upsert
+    # itself (≈ 5 ms for 14 columns of 300). repr() of a float round-trips exactly.
+    params = {}
+    for key, chunks in columns.items():
+        values = np.concatenate(chunks).tolist()
+        if key in _OPTIONAL:
+            text = ",".join("NULL" if v is None else repr(v) for v in values)
+        else:
+            text = ",".join(values if key == "name" else map(repr, values))
+        params[key] = "{" + text + "}"
     cursor.execute(_MERGE, {"experiment_id": experiment_id, **params})
+
+
+def _quoted(name: str) -> str:
+    """An element of a Postgres text[] literal."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 _OPTIONAL = {"vmin", "vmax", "vsum", "first_step", "first", "last_step", "last"}

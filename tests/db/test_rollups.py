@@ -108,3 +108,16 @@ def test_block_size_reads_the_fewest_rows() -> None:
     assert rollups.block_size_for(100_000_000, 100) == 512
     assert rollups.block_size_for(1_000_000_000, 100) == 4096
     assert rollups.block_size_for(20_000, 500) is None  # points alone are cheaper
+
+
+def test_names_that_need_quoting_in_array_literals(pg: Session) -> None:
+    """The blocks go to Postgres as array literals: names with quotes, backslashes, commas,
+    braces or the word NULL must come back as they were."""
+    experiment_id = new_experiment(pg)
+    odd = ('a"b', "c\\d", "x,y", "{z}", "NULL", "sp ace")
+    metrics.insert_points(pg, experiment_id, points(range(0, 200), names=odd))
+    pg.commit()
+    assert_true_to_points(pg, experiment_id)
+    stored = {r[0] for r in pg.execute(text(
+        "SELECT DISTINCT name FROM metric_rollups WHERE experiment_id = :e"), {"e": experiment_id})}
+    assert stored == set(odd)
