@@ -34,22 +34,25 @@ class Coalescer(Generic[V]):
 
     async def _run(self, key: Hashable, future: asyncio.Future[V],
                    fetch: Callable[[], Awaitable[V]]) -> None:
-        running = self._running.get(key)
-        if running is not None:
-            await asyncio.wait([running])
-        del self._next[key]  # from here on, arrivals wait for the query after this one
-        self._running[key] = future
         try:
-            result = await fetch()
+            running = self._running.get(key)
+            if running is not None:
+                await asyncio.wait([running])
+            del self._next[key]  # from here on, arrivals wait for the query after this one
+            self._running[key] = future
+            future.set_result(await fetch())
         except asyncio.CancelledError:
             future.cancel()  # the loop is going away: so are the waiters
             raise
         except Exception as exc:
             future.set_exception(exc)
-        else:
-            future.set_result(result)
         finally:
+            # Whatever happened, the key is free again: nothing waits on a future nobody sets.
+            if self._next.get(key) is future:
+                del self._next[key]
             if self._running.get(key) is future:
                 del self._running[key]
-            if future.done() and not future.cancelled():
+            if not future.done():
+                future.cancel()
+            if not future.cancelled():
                 future.exception()  # retrieved: no "never retrieved" warning if nobody waits

@@ -64,9 +64,10 @@ class Poller:
         self.settings = settings
         self.connection: Connection | None = None  # SQLite, or a driver other than psycopg
         self.asynchronous = make_url(settings.database_url).drivername == "postgresql+psycopg"
-        self.async_connection: psycopg.AsyncConnection[Any] | None = None
-        self.async_loop: asyncio.AbstractEventLoop | None = None
+        self.loop_connection = LoopConnection(settings.database_url)
         self.coalescer: Coalescer[list[Any]] = Coalescer()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        weakref.finalize(self, self.loop_connection.discard)  # when this app goes away
         self.cache: OrderedDict[uuid.UUID, tuple[tuple[Any, ...], bytes, str]] = OrderedDict()
         self.down_until = 0.0
 
@@ -84,7 +85,8 @@ class Poller:
         except (DBAPIError, psycopg.Error) as exc:
             log.warning("polling fast path off for %.0f s: %s", BACKOFF_S,
                         str(exc).splitlines()[0])
-            self.close()
+            if not self.asynchronous:  # the asynchronous one discards itself (LoopConnection)
+                self.close()
             self.down_until = time.monotonic() + BACKOFF_S
             return None
         if not rows:
@@ -109,6 +111,9 @@ class Poller:
     async def _query(self, experiment_id: uuid.UUID, key_id: str | None,
                      probe_keys: bool) -> list[Any]:
         if self.asynchronous:
+            loop = asyncio.get_running_loop()
+            if self.loop is not loop:  # futures and connections belong to one event loop
+                self.loop, self.coalescer = loop, Coalescer()
             return await self.coalescer.get(
                 (experiment_id, key_id, probe_keys),
                 lambda: self._query_async(experiment_id, key_id, probe_keys),
@@ -122,15 +127,13 @@ class Poller:
 
     async def _query_async(self, experiment_id: uuid.UUID, key_id: str | None,
                            probe_keys: bool) -> list[Any]:
-        loop = asyncio.get_running_loop()
-        if self.async_connection is None or self.async_connection.closed \
-                or self.async_loop is not loop:  # a connection belongs to one event loop
-            self._close_async()
-            self.async_connection = await polling.connect_async(self.settings.database_url)
-            self.async_loop = loop
-            weakref.finalize(self, _finish, self.async_connection)
-        return await polling.experiment_rows_async(self.async_connection, experiment_id,
-                                                   key_id, probe_keys)
+        connection = await self.loop_connection.get()
+        try:
+            return await polling.experiment_rows_async(connection, experiment_id, key_id,
+                                                       probe_keys)
+        except psycopg.Error:
+            self.loop_connection.discard(connection)  # this one failed; a newer one may be fine
+            raise
 
     def _representation(self, experiment_id: uuid.UUID, values: tuple[Any, ...],
                         tags: list[str]) -> tuple[bytes, str]:
@@ -154,12 +157,46 @@ class Poller:
         if self.connection is not None:
             _close(self.connection)
             self.connection = None
-        self._close_async()
+        self.loop_connection.discard()
 
-    def _close_async(self) -> None:
-        if self.async_connection is not None:
-            _finish(self.async_connection)
-            self.async_connection = self.async_loop = None
+
+class LoopConnection:
+    """The event loop's psycopg connection: opened once (polls arriving while it connects wait
+    for the same connection), replaced after a failure or when the event loop changes."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self.connection: psycopg.AsyncConnection[Any] | None = None
+        self.connecting: asyncio.Task[psycopg.AsyncConnection[Any]] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def get(self) -> psycopg.AsyncConnection[Any]:
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop:
+            self.discard()
+            self.loop, self.connecting = loop, None
+        if self.connection is not None and not self.connection.closed:
+            return self.connection
+        if self.connecting is None:
+            self.connecting = loop.create_task(polling.connect_async(self.database_url))
+        task = self.connecting
+        try:
+            connection = await asyncio.shield(task)
+        finally:
+            if self.connecting is task and task.done():
+                self.connecting = None
+        if self.connection is None or self.connection.closed:
+            self.connection = connection
+        elif self.connection is not connection:
+            _finish(connection)  # someone was faster (cannot happen with one connect task)
+        return self.connection
+
+    def discard(self, failed: psycopg.AsyncConnection[Any] | None = None) -> None:
+        """Close the connection; with ``failed``, only if it is still that one."""
+        if self.connection is None or (failed is not None and failed is not self.connection):
+            return
+        _finish(self.connection)
+        self.connection = None
 
 
 def _close(connection: Connection) -> None:

@@ -85,7 +85,10 @@ def _first_of_each(rows: list[Row]) -> list[Row]:
 # a second batch in the same transaction. ``ordinal`` numbers the rows as they came, so that of
 # two rows with the same name and step the first is kept.
 _LOCK = "SELECT 1 FROM experiments WHERE id = %s FOR NO KEY UPDATE"
-_LAST_STEP = "SELECT max(step) FROM metric_points WHERE experiment_id = %s"
+# Not max(step): the planner turns that into this one-row probe only when its statistics say
+# the experiment has many points, and a running experiment's are older than its points.
+_LAST_STEP = ("SELECT step FROM metric_points WHERE experiment_id = %s "
+              "ORDER BY step DESC LIMIT 1")
 _COLUMNS = "name, step, epoch, value, kind, wall_time"
 _TYPES = ["text", "int8", "int4", "float8", "int2", "float8"]
 _COPY = f"COPY metric_points (experiment_id, {_COLUMNS}) FROM STDIN (FORMAT BINARY)"

@@ -177,11 +177,14 @@ WITH grid AS (
                     b / %(size)s * %(size)s) AS bb
     FROM grid
 ), parts AS (
-    SELECT c.i, r.step_start, r.step_end, r.count, r.finite, r.vmin, r.vmax, r.vsum,
-           r.first_step, r.first, r.last_step, r.last
-    FROM cut c JOIN metric_rollups r ON r.experiment_id = %(experiment_id)s
-        AND r.name = %(name)s AND r.block_size = %(size)s
-        AND r.block >= c.ba / %(size)s AND r.block < c.bb / %(size)s
+    -- OFFSET 0 keeps this a per-bucket index range scan: as a plain join (only range
+    -- conditions) the planner may test every block against every bucket.
+    SELECT c.i, r.* FROM cut c, LATERAL (
+        SELECT step_start, step_end, count, finite, vmin, vmax, vsum, first_step, first,
+               last_step, last
+        FROM metric_rollups WHERE experiment_id = %(experiment_id)s AND name = %(name)s
+            AND block_size = %(size)s AND block >= c.ba / %(size)s AND block < c.bb / %(size)s
+        OFFSET 0) r
     UNION ALL
     SELECT c.i, head.* FROM cut c,
         LATERAL (SELECT {_PART} AND step >= c.a AND step < c.ba) head WHERE head.count > 0

@@ -89,10 +89,12 @@ def bucketed(session: Session, experiment_id: uuid.UUID, name: str, lo: int, hi:
              n: int) -> list[Bucket]:
     """At most ``n`` buckets over [lo, hi], aggregated by the database."""
     if session.get_bind().dialect.name == "postgresql":
+        if not uses_psycopg(session):  # the blocks and the packed fetch need psycopg
+            return _bucketed_lateral(session, experiment_id, name, lo, hi, n)
         if hi - lo + 1 <= SCAN_MAX_SPAN:
             return _bucketed_packed(session, experiment_id, name, lo, hi, n)
         size = rollups.block_size_for(hi - lo + 1, n)
-        if size is not None and uses_psycopg(session):  # the blocks are kept on this path
+        if size is not None:
             with driver_cursor(session) as cursor:
                 return rollups.buckets(cursor, experiment_id, name, lo, hi, n, size)
         return _bucketed_lateral(session, experiment_id, name, lo, hi, n)

@@ -2,8 +2,10 @@
 
 Long series are bucketed from blocks of 64, 512, 4,096 and 32,768 steps (app.db.rollups)
 instead of every point: 1,000,000 points → 1,000 buckets read ≈ 80,000 rows instead of
-1,000,000. On Postgres the existing points are summarized here (one pass over metric_points);
-SQLite gets the empty table (its series are bucketed from points).
+1,000,000. On Postgres the existing points are summarized here (one pass over metric_points,
+which is locked against writes meanwhile); SQLite gets the empty table (its series are bucketed
+from points). Workers must run this version's code once it is applied: older ones write points
+without blocks (stop them, migrate, start the new ones).
 
 Revision ID: 0005
 Revises: 0004
@@ -55,7 +57,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("experiment_id", "name", "block_size", "block"),
     )
     if op.get_bind().dialect.name == "postgresql":
+        # No point may be written between the backfill's snapshot and this commit: it would
+        # have no block. (Upgrade the workers with the API: older ones write no blocks.)
+        op.execute("LOCK TABLE metric_points IN SHARE MODE")
         op.execute(_BACKFILL)
+        op.execute("ANALYZE metric_rollups")
 
 
 def downgrade() -> None:

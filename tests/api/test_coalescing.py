@@ -97,3 +97,24 @@ def test_a_waiter_that_goes_away_does_not_cancel_the_others() -> None:
         assert leaving.cancelled()
 
     asyncio.run(main())
+
+
+def test_a_cancelled_query_frees_its_key() -> None:
+    """A query cancelled while it runs or waits (its event loop shutting down) leaves nothing
+    behind: the next request for the key runs a query of its own."""
+    async def main() -> None:
+        coalescer: Coalescer[int] = Coalescer()
+        source = Source()
+        running = asyncio.create_task(coalescer.get("a", source.fetch))
+        await settle()
+        waiting = asyncio.create_task(coalescer.get("a", source.fetch))
+        await settle()
+        for task in list(coalescer._tasks):
+            task.cancel()
+        await settle()
+        assert running.cancelled() and waiting.cancelled()
+        assert not coalescer._next and not coalescer._running
+        source.release.set()
+        assert await coalescer.get("a", source.fetch) == source.runs
+
+    asyncio.run(main())

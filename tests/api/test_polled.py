@@ -8,18 +8,22 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
+from starlette.requests import Request
 
 from app.api import deps, polled
 from app.api.routes.experiments import _get_experiment
 from app.cli.service import tcp_listener
 from app.core.config import Settings
-from app.db import keys
-from app.db.session import session_scope
-from tests.api.helpers import API, claim, finish, submit
+from app.db import keys, polling
+from app.db.session import engine_for, session_scope
+from app.main import create_app
+from tests.api.helpers import API, FakeDispatcher, claim, finish, submit
 
 
 @pytest.fixture
@@ -52,7 +56,7 @@ def test_fast_answer_is_the_general_answer(client: TestClient) -> None:
     assert response.status_code == 200
     assert uuid.UUID(body["id"]) in poller(client).cache  # answered by the fast path
     if poller(client).asynchronous:  # Postgres: on the loop's own psycopg connection
-        assert poller(client).async_connection is not None
+        assert poller(client).loop_connection.connection is not None
     assert response.content == general_path(client, body["id"], {})
     assert response.json()["tags"] == ["alpha", "mid", "zeta"]
     again = client.get(f"{API}/experiments/{body['id']}",
@@ -160,3 +164,40 @@ def test_listener_gets_tcp_nodelay_on_accepted_connections() -> None:
 
     asyncio.run(main())
     assert seen and seen[0] != 0
+
+
+def test_concurrent_first_polls_share_one_connection(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Polls of different experiments arriving together on a new app open one connection, not
+    one each (only the last of which would have been kept)."""
+    with engine_for(postgres_url).begin() as connection:
+        connection.execute(text("TRUNCATE metric_points, metric_rollups, experiment_tags, "
+                                "experiments, api_keys CASCADE"))
+    deps._keys_exist.discard(postgres_url)
+    settings = Settings(database_url=postgres_url, data_dir=tmp_path / "data",
+                        artifacts_dir=tmp_path / "art")
+    with TestClient(create_app(settings, dispatcher=FakeDispatcher())) as client:
+        ids = [uuid.UUID(submit(client, {"preset": "geron-bn"})["id"]) for _ in range(8)]
+    opened: list[str] = []
+    connect = polling.connect_async
+
+    async def slow_connect(url: str) -> Any:
+        opened.append(url)
+        await asyncio.sleep(0.05)  # the others arrive while this one connects
+        return await connect(url)
+
+    monkeypatch.setattr(polling, "connect_async", slow_connect)
+    fast = polled.Poller(settings)
+    request = Request({"type": "http", "method": "GET", "path": "/", "query_string": b"",
+                       "headers": []})
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(fast.read(request, i) for i in ids))
+
+    try:
+        answers = asyncio.run(main())
+        assert all(answer is not None for answer in answers)
+        assert len(opened) == 1
+    finally:
+        fast.close()

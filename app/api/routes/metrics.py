@@ -54,20 +54,19 @@ async def read_metrics(
     To follow a running experiment, poll with `after_step` = the last `next_after_step`:
     no point is ever missed or repeated.
     """
-    wanted = parse_names(names)
     # One thread hop for the whole request (session, auth, the experiment, the page and its
     # JSON), not one per dependency: pollers call this many times a second.
-    return await run_in_threadpool(_read_metrics, request, experiment_id, wanted, after_step,
+    return await run_in_threadpool(_read_metrics, request, experiment_id, names, after_step,
                                    limit)
 
 
-def _read_metrics(request: Request, experiment_id: uuid.UUID, names: list[str] | None,
+def _read_metrics(request: Request, experiment_id: uuid.UUID, names: str | None,
                   after_step: int, limit: int) -> Response:
     settings: Settings = request.app.state.settings
     with session_factory(settings.database_url)() as session:
         load(session, experiment_id, resolve_principal(request, session, settings))
-        rows = metrics.read_rows(session, experiment_id, after_step=after_step, names=names,
-                                 limit=limit)
+        rows = metrics.read_rows(session, experiment_id, after_step=after_step,
+                                 names=parse_names(names), limit=limit)
     return etag_body(request, page_json(rows))
 
 
