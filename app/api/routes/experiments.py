@@ -22,7 +22,7 @@ from app.api.deps import (
     PrincipalDep,
     SessionDep,
     SettingsDep,
-    resolve_principal,
+    authorized_session,
 )
 from app.api.errors import body_error
 from app.api.etag import etag_body, etag_json
@@ -39,7 +39,6 @@ from app.core.config import Settings
 from app.db import experiments
 from app.db.keys import Principal
 from app.db.models import Experiment
-from app.db.session import session_factory
 from app.dispatch import queue_for
 from worker.training.config import ExperimentConfig
 from worker.training.job import planned_steps
@@ -196,9 +195,7 @@ async def get_experiment(experiment_id: uuid.UUID, request: Request) -> Response
 
 def _get_experiment(experiment_id: uuid.UUID, request: Request) -> Response:
     """The general path (401, 404, and a database outage's 503 come from here)."""
-    settings: Settings = request.app.state.settings
-    with session_factory(settings.database_url)() as session:
-        principal = resolve_principal(request, session, settings)
+    with authorized_session(request) as (session, principal):
         return etag_json(request, _one(session, load(session, experiment_id, principal)))
 
 

@@ -11,14 +11,12 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 
-from app.api.deps import PrincipalDep, SessionDep, resolve_principal
+from app.api.deps import PrincipalDep, SessionDep, authorized_session
 from app.api.etag import etag_body
 from app.api.routes.experiments import NOT_FOUND, load
 from app.api.schemas import MetricNameOut, MetricPage
-from app.core.config import Settings
 from app.db import metrics
 from app.db.models import FINITE, NAN, NEG_INF, POS_INF
-from app.db.session import session_factory
 
 router = APIRouter(prefix="/experiments", tags=["metrics"])
 _NAME = re.compile(r"^[A-Za-z0-9_./:-]{1,128}$")
@@ -62,9 +60,8 @@ async def read_metrics(
 
 def _read_metrics(request: Request, experiment_id: uuid.UUID, names: str | None,
                   after_step: int, limit: int) -> Response:
-    settings: Settings = request.app.state.settings
-    with session_factory(settings.database_url)() as session:
-        load(session, experiment_id, resolve_principal(request, session, settings))
+    with authorized_session(request) as (session, principal):
+        load(session, experiment_id, principal)
         rows = metrics.read_rows(session, experiment_id, after_step=after_step,
                                  names=parse_names(names), limit=limit)
     return etag_body(request, page_json(rows))
