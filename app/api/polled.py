@@ -114,6 +114,7 @@ class Poller:
             loop = asyncio.get_running_loop()
             if self.loop is not loop:  # futures and connections belong to one event loop
                 self.loop, self.coalescer = loop, Coalescer()
+                self.loop_connection.discard()
             return await self.coalescer.get(
                 (experiment_id, key_id, probe_keys),
                 lambda: self._query_async(experiment_id, key_id, probe_keys),
@@ -162,23 +163,19 @@ class Poller:
 
 class LoopConnection:
     """The event loop's psycopg connection: opened once (polls arriving while it connects wait
-    for the same connection), replaced after a failure or when the event loop changes."""
+    for the same connection), replaced after a failure. The owner discards it when the event
+    loop changes."""
 
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
         self.connection: psycopg.AsyncConnection[Any] | None = None
         self.connecting: asyncio.Task[psycopg.AsyncConnection[Any]] | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
 
     async def get(self) -> psycopg.AsyncConnection[Any]:
-        loop = asyncio.get_running_loop()
-        if self.loop is not loop:
-            self.discard()
-            self.loop, self.connecting = loop, None
         if self.connection is not None and not self.connection.closed:
             return self.connection
         if self.connecting is None:
-            self.connecting = loop.create_task(polling.connect_async(self.database_url))
+            self.connecting = asyncio.create_task(polling.connect_async(self.database_url))
         task = self.connecting
         try:
             connection = await asyncio.shield(task)
@@ -188,15 +185,18 @@ class LoopConnection:
         if self.connection is None or self.connection.closed:
             self.connection = connection
         elif self.connection is not connection:
-            _finish(connection)  # someone was faster (cannot happen with one connect task)
+            _finish(connection)  # a connect that discard() forgot finished first: keep that one
         return self.connection
 
     def discard(self, failed: psycopg.AsyncConnection[Any] | None = None) -> None:
-        """Close the connection; with ``failed``, only if it is still that one."""
-        if self.connection is None or (failed is not None and failed is not self.connection):
+        """Close the connection (and forget one being opened); with ``failed``, only if the
+        connection is still that one."""
+        if failed is not None and failed is not self.connection:
             return
-        _finish(self.connection)
-        self.connection = None
+        self.connecting = None
+        if self.connection is not None:
+            _finish(self.connection)
+            self.connection = None
 
 
 def _close(connection: Connection) -> None:

@@ -56,10 +56,8 @@ def insert_points(session: Session, experiment_id: uuid.UUID, points: Iterable[E
         _copy_points(session, experiment_id, rows)
         return len(rows)
     dialect = session.get_bind().dialect
-    locked = select(Experiment.id).where(Experiment.id == experiment_id)
-    if dialect.name == "postgresql":
-        locked = locked.with_for_update(key_share=False, read=False)
-    if session.scalar(locked) is None:
+    locked = select(Experiment.id).where(Experiment.id == experiment_id).with_for_update()
+    if session.scalar(locked) is None:  # (SQLite has no FOR UPDATE: its writers take turns)
         raise UnknownExperimentError(experiment_id)
     insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
     session.execute(insert(MetricPoint).on_conflict_do_nothing(), [
@@ -84,11 +82,14 @@ def _first_of_each(rows: list[Row]) -> list[Row]:
 # connection; ON COMMIT DELETE ROWS empties it at commit, and DELETE … RETURNING empties it for
 # a second batch in the same transaction. ``ordinal`` numbers the rows as they came, so that of
 # two rows with the same name and step the first is kept.
-_LOCK = "SELECT 1 FROM experiments WHERE id = %s FOR NO KEY UPDATE"
-# Not max(step): the planner turns that into this one-row probe only when its statistics say
-# the experiment has many points, and a running experiment's are older than its points.
-_LAST_STEP = ("SELECT step FROM metric_points WHERE experiment_id = %s "
-              "ORDER BY step DESC LIMIT 1")
+# One round trip: lock the experiment's row (no row: no such experiment) and read its last
+# stored step. Not max(step): the planner turns that into this one-row probe only when its
+# statistics say the experiment has many points, and a running experiment's are older than
+# its points.
+_LOCK_LAST_STEP = (
+    "SELECT (SELECT step FROM metric_points WHERE experiment_id = e.id "
+    "ORDER BY step DESC LIMIT 1) FROM experiments e WHERE e.id = %s FOR NO KEY UPDATE OF e"
+)
 _COLUMNS = "name, step, epoch, value, kind, wall_time"
 _TYPES = ["text", "int8", "int4", "float8", "int2", "float8"]
 _COPY = f"COPY metric_points (experiment_id, {_COLUMNS}) FROM STDIN (FORMAT BINARY)"
@@ -115,10 +116,10 @@ def _copy_points(session: Session, experiment_id: uuid.UUID, rows: list[Row]) ->
     staging table and on with ``INSERT … ON CONFLICT DO NOTHING`` (about 30% slower). The
     series blocks (``app.db.rollups``) are kept up to date in the same transaction."""
     with driver_cursor(session) as cursor:
-        if cursor.execute(_LOCK, (experiment_id,)).fetchone() is None:
+        found = cursor.execute(_LOCK_LAST_STEP, (experiment_id,)).fetchone()
+        if found is None:
             raise UnknownExperimentError(experiment_id)
-        last = cursor.execute(_LAST_STEP, (experiment_id,)).fetchone()
-        if last is None or last[0] is None or min(r[1] for r in rows) > last[0]:
+        if found[0] is None or min(r[1] for r in rows) > found[0]:
             try:
                 # A savepoint: a batch naming one point twice fails this COPY alone (a unique
                 # violation) and takes the staging path. Looking for repeats here instead

@@ -22,6 +22,8 @@ down_revision = "0004"
 branch_labels = None
 depends_on = None
 
+# The summary query of app.db.rollups as it is at this revision (a migration does not import
+# code that later revisions may change).
 _BACKFILL = """
 INSERT INTO metric_rollups (experiment_id, name, block_size, block, step_start, step_end, count,
     finite, vmin, vmax, vsum, first_step, first, last_step, last)
