@@ -44,6 +44,8 @@ class Experiment(Base):
     device: Mapped[str | None] = mapped_column(String(32))
     worker: Mapped[str | None] = mapped_column(String(255))
     attempt: Mapped[int] = mapped_column(Integer, default=0)
+    # Times sent to the broker: 1 after submit, +1 per re-send by the reconciler (issue 11).
+    dispatch_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     error: Mapped[str | None] = mapped_column(Text)
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     has_checkpoint: Mapped[bool] = mapped_column(default=False)
