@@ -24,7 +24,6 @@ from worker import shutdown
 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 
 TASK_NAME = "normlab.run_experiment"
-QUEUES = ("gpu", "cpu")
 
 
 def create_celery(settings: Settings) -> Celery:

@@ -38,9 +38,3 @@ def run_forever(settings: Settings, dispatcher: Dispatcher, stop: threading.Even
             log.exception("reconciler pass failed")
         stop.wait(settings.reconcile_interval_s)
 
-
-def start_thread(settings: Settings, dispatcher: Dispatcher) -> threading.Event:
-    stop = threading.Event()
-    threading.Thread(target=run_forever, args=(settings, dispatcher, stop),
-                     name="reconciler", daemon=True).start()
-    return stop

@@ -61,7 +61,7 @@ def execute(experiment_id: uuid.UUID, *, settings: Settings, worker_name: str,
     def should_stop() -> bool:
         return sink.should_stop() or shutdown.requested.is_set() or time.time() > deadline
 
-    status, summary, error, has_checkpoint = "failed", None, None, False
+    status, summary, error = "failed", None, None
     try:
         device = resolve_device(config.resources.device, settings.worker_device)
         db("record device", lambda s: lifecycle.set_device(s, lease, str(device)))
@@ -69,7 +69,7 @@ def execute(experiment_id: uuid.UUID, *, settings: Settings, worker_name: str,
                          checkpoint_path=checkpoint, resume_from=resume,
                          before_checkpoint=sink.wait_written, device_override=str(device),
                          data_dir=settings.data_dir, flush_every_s=settings.metric_flush_s)
-        status, has_checkpoint = result.status, result.checkpoint_written
+        status = result.status
         summary = result.summary.model_dump(mode="json")
     except Exception as exc:  # the job fails; the worker lives on
         log.exception("experiment %s failed", experiment_id)
@@ -88,7 +88,7 @@ def execute(experiment_id: uuid.UUID, *, settings: Settings, worker_name: str,
             return _hand_back(db, lease, config, settings, dispatcher)
     try:
         db("finish", lambda s: lifecycle.finish(s, lease, status=status, summary=summary,
-                                               error=error, has_checkpoint=has_checkpoint))
+                                               error=error))
     except DatabaseOutageError:
         log.exception("could not record the end of %s; the reconciler will take it back",
                       experiment_id)

@@ -12,8 +12,10 @@ from worker.training.config import ExperimentConfig
 from worker.training.result import JsonFloat, TrainSummary
 
 Status = Literal["queued", "running", "cancelling", "succeeded", "diverged", "failed", "cancelled"]
-Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:=+-]+$")]
-MetricName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_./:-]+$")]
+TAG_PATTERN = r"^[A-Za-z0-9_.:=+-]+$"
+# A metric name in a query or a path (the engine's names, e.g. "bn/hidden1/running_var_mean").
+METRIC_NAME_PATTERN = r"^[A-Za-z0-9_./:-]{1,128}$"
+Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=TAG_PATTERN)]
 
 
 class SubmitOptions(BaseModel):
@@ -89,7 +91,7 @@ def submit_schema() -> dict[str, Any]:
     schema["properties"]["tags"] = {
         "type": "array", "maxItems": 32,
         "items": {"type": "string", "minLength": 1, "maxLength": 64,
-                  "pattern": r"^[A-Za-z0-9_.:=+-]+$"},
+                  "pattern": TAG_PATTERN},
     }
     return schema
 

@@ -1,1 +1,3 @@
-"""Database access. Queries live in ``repository``; nothing outside ``app.db`` writes SQL."""
+"""Database access: the ORM models (``models``), migrations (``migrate``) and the queries, in
+modules named for what they keep (``experiments``, ``lifecycle``, ``metrics``, ``series``,
+``rollups``, ``keys``). SQL belongs here: routes, the worker and the CLI call these modules."""

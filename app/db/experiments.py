@@ -60,7 +60,7 @@ def create(
     stamp = now()
     experiment = Experiment(
         id=uuid.uuid4(), name=config["name"], owner=owner, status="queued", config=config,
-        created_at=stamp, updated_at=stamp, attempt=0, has_checkpoint=False,
+        created_at=stamp, updated_at=stamp, attempt=0,
         idempotency_key=idempotency_key, request_hash=request_hash,
     )
     session.add(experiment)

@@ -61,7 +61,7 @@ def set_device(session: Session, lease: Lease, device: str) -> None:
 
 
 def finish(session: Session, lease: Lease, *, status: str, summary: dict[str, Any] | None = None,
-           error: str | None = None, has_checkpoint: bool = False) -> bool:
+           error: str | None = None) -> bool:
     """running/cancelling → a terminal status; a cancellation request wins over success."""
     stamp = now()
     current = session.scalar(select(Experiment.status).where(*_owned(lease)))
@@ -71,7 +71,7 @@ def finish(session: Session, lease: Lease, *, status: str, summary: dict[str, An
         update(Experiment)
         .where(*_owned(lease), Experiment.status.in_(("running", "cancelling")))
         .values(status=status, summary=summary, error=error, finished_at=stamp,
-                updated_at=stamp, has_checkpoint=has_checkpoint)
+                updated_at=stamp)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 

@@ -48,6 +48,8 @@ class Experiment(Base):
     dispatch_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     error: Mapped[str | None] = mapped_column(Text)
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Unused and always False: whether a checkpoint exists is the file itself
+    # (Settings.checkpoint_path). Kept only because dropping a column takes a migration.
     has_checkpoint: Mapped[bool] = mapped_column(default=False)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     request_hash: Mapped[str | None] = mapped_column(String(64))
@@ -71,6 +73,9 @@ class ExperimentTag(Base):
 
 # kind values of MetricPoint
 FINITE, NAN, POS_INF, NEG_INF = 0, 1, 2, 3
+# The largest step a request may name (a query bound, a Last-Event-ID): well below bigint's
+# maximum, so a bound a client sends always fits the step column, with room to compute on it.
+MAX_STEP = 2**62
 
 
 class MetricPoint(Base):

@@ -25,10 +25,9 @@ from typing import Any
 import numpy as np
 
 from app.db.bucketing import Bucket, summarize
-from app.db.models import FINITE
+from app.db.models import FINITE, MAX_STEP
 
 BLOCK_SIZES = (64, 512, 4096, 32768)
-_KEY_SHIFT = 42  # (name code << 42) | block: one sortable key per (name, block)
 
 _MERGE = """
 INSERT INTO metric_rollups AS r (experiment_id, name, block_size, block, step_start, step_end,
@@ -56,14 +55,14 @@ ON CONFLICT (experiment_id, name, block_size, block) DO UPDATE SET
 
 # The blocks of stored points, computed in SQL (a rebuild, and migration 0005's backfill).
 # first/last finite value: the smallest/largest [step, value] pair, compared as arrays.
-SUMMARY_SELECT = """
+SUMMARY_SELECT = f"""
 SELECT p.experiment_id, p.name, s.size, p.step / s.size, min(p.step), max(p.step), count(*),
        count(p.value), min(p.value), max(p.value), sum(p.value),
-       min(p.step) FILTER (WHERE p.kind = 0),
-       (min(ARRAY[p.step::float8, p.value]) FILTER (WHERE p.kind = 0))[2],
-       max(p.step) FILTER (WHERE p.kind = 0),
-       (max(ARRAY[p.step::float8, p.value]) FILTER (WHERE p.kind = 0))[2]
-FROM metric_points p CROSS JOIN unnest(ARRAY[64, 512, 4096, 32768]) AS s(size)
+       min(p.step) FILTER (WHERE p.kind = {FINITE}),
+       (min(ARRAY[p.step::float8, p.value]) FILTER (WHERE p.kind = {FINITE}))[2],
+       max(p.step) FILTER (WHERE p.kind = {FINITE}),
+       (max(ARRAY[p.step::float8, p.value]) FILTER (WHERE p.kind = {FINITE}))[2]
+FROM metric_points p CROSS JOIN unnest(ARRAY[{", ".join(map(str, BLOCK_SIZES))}]) AS s(size)
 """
 _COLUMNS = ("experiment_id, name, block_size, block, step_start, step_end, count, finite, "
             "vmin, vmax, vsum, first_step, first, last_step, last")
@@ -79,8 +78,6 @@ WHERE p.experiment_id = %(experiment_id)s AND s.size = %(size)s
   AND p.step < (%(hi)s::int8 / %(size)s + 1) * %(size)s {{names}}
 GROUP BY 1, 2, 3, 4
 """
-_MAX_STEP = 2**62
-
 
 def merge(cursor: Any, experiment_id: uuid.UUID, rows: list[tuple[Any, ...]]) -> None:
     """Add the summary of ``rows`` ((name, step, epoch, value, kind, wall_time), all of them
@@ -98,11 +95,16 @@ def merge(cursor: Any, experiment_id: uuid.UUID, rows: list[tuple[Any, ...]]) ->
     names = np.array([_quoted(name) for name in codes], dtype=object)
     columns: dict[str, list[np.ndarray]] = {}
     for size in BLOCK_SIZES:
-        s = summarize((name_code << _KEY_SHIFT) | (step // size), step, value, finite)
+        # One group per (name, block), numbered in order: the points are sorted by name, then
+        # step, so a group starts wherever the name or the block changes. Any step fits.
+        block = step // size
+        starts = np.ones(count, dtype=np.bool_)
+        starts[1:] = (name_code[1:] != name_code[:-1]) | (block[1:] != block[:-1])
+        s = summarize(np.cumsum(starts), step, value, finite)
         present = s.finite > 0
         parts = {
-            "name": names[s.key >> _KEY_SHIFT], "block_size": np.full(len(s.key), size),
-            "block": s.key & ((1 << _KEY_SHIFT) - 1), "step_start": s.step_start,
+            "name": names[name_code[starts]], "block_size": np.full(len(s.key), size),
+            "block": block[starts], "step_start": s.step_start,
             "step_end": s.step_end, "count": s.count, "finite": s.finite,
             "vmin": s.vmin, "vmax": s.vmax, "vsum": s.vsum,
             "first_step": s.first_step, "first": s.first,
@@ -139,7 +141,7 @@ def rebuild(cursor: Any, experiment_id: uuid.UUID, lo: int, hi: int | None = Non
     None: no upper bound) of the given metrics (None: all of them)."""
     for size in BLOCK_SIZES:
         params = {"experiment_id": experiment_id, "size": size, "lo": max(lo, 0),
-                  "hi": _MAX_STEP if hi is None else hi, "names": names}
+                  "hi": MAX_STEP if hi is None else hi, "names": names}
         cursor.execute(_DELETE_RANGE.format(names="AND name = ANY(%(names)s)" if names else ""),
                        params)
         cursor.execute(_REBUILD.format(names="AND p.name = ANY(%(names)s)" if names else ""),
@@ -157,13 +159,13 @@ def block_size_for(span: int, n: int) -> int | None:
 # block boundaries inside it: [a, ba) and [bb, b) are read as points, [ba, bb) as whole blocks.
 # Then the parts of a bucket are combined: counts and sums add up, extremes take the extreme,
 # first/last finite value come from the smallest/largest [step, value] pair.
-_PART = """
+_PART = f"""
     min(step) AS step_start, max(step) AS step_end, count(*) AS count, count(value) AS finite,
     min(value) AS vmin, max(value) AS vmax, sum(value) AS vsum,
-    min(step) FILTER (WHERE kind = 0) AS first_step,
-    (min(ARRAY[step::float8, value]) FILTER (WHERE kind = 0))[2] AS first,
-    max(step) FILTER (WHERE kind = 0) AS last_step,
-    (max(ARRAY[step::float8, value]) FILTER (WHERE kind = 0))[2] AS last
+    min(step) FILTER (WHERE kind = {FINITE}) AS first_step,
+    (min(ARRAY[step::float8, value]) FILTER (WHERE kind = {FINITE}))[2] AS first,
+    max(step) FILTER (WHERE kind = {FINITE}) AS last_step,
+    (max(ARRAY[step::float8, value]) FILTER (WHERE kind = {FINITE}))[2] AS last
     FROM metric_points WHERE experiment_id = %(experiment_id)s AND name = %(name)s
 """
 _BUCKETS = f"""

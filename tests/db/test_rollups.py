@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app.db import experiments, lifecycle, metrics, rollups
+from app.db.models import MAX_STEP
 from app.db.session import engine_for, session_factory
 from worker.training.result import MetricPoint
 
@@ -101,6 +102,17 @@ def test_deleting_the_experiment_deletes_its_blocks(pg: Session) -> None:
     left = pg.execute(text("SELECT count(*) FROM metric_rollups WHERE experiment_id = :e"),
                       {"e": experiment_id}).scalar()
     assert left == 0
+
+
+def test_steps_past_2_to_the_48_merge_into_true_blocks(pg: Session) -> None:
+    """Blocks are grouped without packing (name, block) into one integer: steps as large as
+    the API accepts keep their own blocks (packing into 42 bits once merged them)."""
+    experiment_id = new_experiment(pg)
+    far = 2**50
+    for lo in (far, far + 5000, MAX_STEP - 3000):
+        metrics.insert_points(pg, experiment_id, points(range(lo, lo + 2000)))
+        pg.commit()
+    assert_true_to_points(pg, experiment_id)
 
 
 def test_block_size_reads_the_fewest_rows() -> None:

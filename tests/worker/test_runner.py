@@ -71,7 +71,8 @@ def test_success_is_recorded_with_every_step(settings: Settings) -> None:
     assert run(settings, experiment_id) == "succeeded"
     done = row(settings, experiment_id)
     assert (done.status, done.attempt, done.worker, done.device) == ("succeeded", 1, "w", "cpu")
-    assert done.summary["epochs_completed"] == 3 and done.has_checkpoint
+    assert done.summary["epochs_completed"] == 3
+    assert settings.checkpoint_path(experiment_id).is_file()
     assert loss_steps(settings, experiment_id) == list(range(1, done.summary["steps"] + 1))
 
 

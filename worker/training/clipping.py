@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from worker.training.config import ClippingConfig, ClippingMode
+from worker.training.config import ClippingConfig
 
 # Added to the norm before dividing, exactly as torch.nn.utils.clip_grad_norm_ does.
 NORM_EPS = 1e-6
@@ -86,15 +86,6 @@ def clip_gradients(
     if sqrt_clipped is None:
         return ClipStats(norms)
     return ClipStats(norms, norms_after=list(torch._foreach_norm(grads)), sqrt_clipped=sqrt_clipped)
-
-
-def stats_width(mode: ClippingMode, n_params: int, measured: bool) -> int:
-    """How many columns ``ClipStats.tensors()`` yields."""
-    if mode == "norm":
-        return n_params + 1
-    if mode == "value" and measured:
-        return 3 * n_params
-    return n_params
 
 
 def decode(

@@ -14,12 +14,12 @@ from fastapi.exceptions import RequestValidationError
 from app.api.deps import PrincipalDep, SessionDep, authorized_session
 from app.api.etag import etag_body
 from app.api.routes.experiments import NOT_FOUND, load
-from app.api.schemas import MetricNameOut, MetricPage
+from app.api.schemas import METRIC_NAME_PATTERN, MetricNameOut, MetricPage
 from app.db import metrics
-from app.db.models import FINITE, NAN, NEG_INF, POS_INF
+from app.db.models import FINITE, MAX_STEP, NAN, NEG_INF, POS_INF
 
 router = APIRouter(prefix="/experiments", tags=["metrics"])
-_NAME = re.compile(r"^[A-Za-z0-9_./:-]{1,128}$")
+_NAME = re.compile(METRIC_NAME_PATTERN)
 
 
 def parse_names(names: str | None) -> list[str] | None:
@@ -44,7 +44,7 @@ async def read_metrics(
     experiment_id: uuid.UUID,
     request: Request,
     names: Annotated[str | None, Query(max_length=4000, examples=["loss,grad_norm"])] = None,
-    after_step: Annotated[int, Query(ge=-1, le=2**62)] = -1,
+    after_step: Annotated[int, Query(ge=-1, le=MAX_STEP)] = -1,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
 ) -> Response:
     """Points with step > `after_step`, ordered by step then name; a page never splits a step.

@@ -14,14 +14,22 @@ from app.api.deps import PrincipalDep, SessionDep, authorized_session
 from app.api.etag import etag_body, etag_json
 from app.api.routes.experiments import NOT_FOUND, load
 from app.api.routes.metrics import parse_names
-from app.api.schemas import BucketOut, CompareAxis, ComparedExperiment, CompareOut, SeriesOut
+from app.api.schemas import (
+    METRIC_NAME_PATTERN,
+    BucketOut,
+    CompareAxis,
+    ComparedExperiment,
+    CompareOut,
+    SeriesOut,
+)
 from app.db import series
-from app.db.series import Bucket
+from app.db.bucketing import Bucket
+from app.db.models import MAX_STEP
 
 router = APIRouter(tags=["metrics"])
-MetricPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_./:-]{1,128}$", examples=["loss"])]
+MetricPath = Annotated[str, Path(pattern=METRIC_NAME_PATTERN, examples=["loss"])]
 Points = Annotated[int, Query(ge=1, le=5000, description="At most this many buckets")]
-StepQuery = Annotated[int | None, Query(ge=0, le=2**62)]
+StepQuery = Annotated[int | None, Query(ge=0, le=MAX_STEP)]
 
 
 def _out(b: Bucket) -> BucketOut:

@@ -28,13 +28,12 @@ from app.api.schemas import MetricPointOut
 from app.core.config import Settings
 from app.db import metrics
 from app.db.experiments import FINISHED
-from app.db.models import Experiment
+from app.db.models import MAX_STEP, Experiment
 from app.db.session import session_scope
 
 router = APIRouter(prefix="/experiments", tags=["metrics"])
 HEARTBEAT_S = 10.0
 BATCH = 5000
-MAX_STEP = 2**62  # the largest step the API accepts anywhere
 # Streams poll through threads of their own, at most this many at once: however many streams are
 # open, the server's shared thread pool (every other sync request) and the database pool keep
 # room for other requests. More threads would not poll faster on a 2-core machine anyway.
