@@ -60,7 +60,6 @@ def create_celery(settings: Settings) -> Celery:
     return app
 
 
-@worker_process_init.connect
 def _in_pool_child(**_: object) -> None:
     dispose_after_fork()
     threads = get_settings().torch_threads
@@ -70,7 +69,6 @@ def _in_pool_child(**_: object) -> None:
         torch.set_num_threads(threads)
 
 
-@worker_shutting_down.connect
 def _on_warm_shutdown(**_: object) -> None:
     # Celery waits for running jobs on a warm shutdown: ask them to checkpoint and hand back.
     shutdown.forward_to_children()
@@ -84,7 +82,6 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: a SIGKILLed worker takes it along
 
 
-@worker_ready.connect
 def _start_reconciler(**_: object) -> None:
     """The reconciler runs beside each worker, as its own process (no threads across forks)."""
     global _reconciler
@@ -94,7 +91,14 @@ def _start_reconciler(**_: object) -> None:
         )
 
 
-@worker_shutdown.connect
 def _stop_reconciler(**_: object) -> None:
     if _reconciler is not None and _reconciler.poll() is None:
         _reconciler.terminate()
+
+
+# Connected by calls rather than as decorators: Celery is unannotated, and a decorator from it
+# would make each handler untyped to mypy.
+worker_process_init.connect(_in_pool_child)
+worker_shutting_down.connect(_on_warm_shutdown)
+worker_ready.connect(_start_reconciler)
+worker_shutdown.connect(_stop_reconciler)

@@ -25,9 +25,13 @@ def _preload() -> None:
 _preload()
 
 
-@celery_app.task(name=TASK_NAME, bind=True)
-def run_experiment(self: object, experiment_id: str) -> str:
+def _run_experiment(self: object, experiment_id: str) -> str:
     settings = get_settings()
     hostname = getattr(getattr(self, "request", None), "hostname", None) or "worker"
     return execute(uuid.UUID(experiment_id), settings=settings, worker_name=hostname,
                    dispatcher=lambda: CeleryDispatcher(settings))
+
+
+# Registered by a call, not a decorator: Celery is unannotated, and its decorator would make the
+# function untyped to mypy.
+run_experiment = celery_app.task(name=TASK_NAME, bind=True)(_run_experiment)

@@ -33,8 +33,9 @@ def _clean(value: Any) -> Any:
     return str(value)
 
 
-def validation_details(errors: Sequence[Any], prefix: tuple[str | int, ...] = ()) -> list[dict]:
-    details = []
+def validation_details(errors: Sequence[Any],
+                       prefix: tuple[str | int, ...] = ()) -> list[dict[str, Any]]:
+    details: list[dict[str, Any]] = []
     for err in errors:
         loc = [*prefix, *err.get("loc", ())]
         item = {"loc": loc, "msg": err.get("msg", "invalid"), "type": err.get("type", "invalid")}

@@ -76,7 +76,8 @@ def experiment_rows(
 
 
 def _driver_sql(statement: Select[Any]) -> tuple[str, dict[str, Any]]:
-    compiled = statement.compile(dialect=psycopg_dialect.dialect())
+    dialect = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]  # SQLAlchemy's, unannotated
+    compiled = statement.compile(dialect=dialect)
     return str(compiled), dict(compiled.params)
 
 

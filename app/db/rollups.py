@@ -112,7 +112,7 @@ def merge(cursor: Any, experiment_id: uuid.UUID, rows: list[tuple[Any, ...]]) ->
         }
         for key, column in parts.items():
             if key in _OPTIONAL:  # NULL where the block has no finite value
-                column = np.where(present, column, None)
+                column = np.where(present, column, _NULL)
             columns.setdefault(key, []).append(column)
     # Postgres array literals: adapting the lists element by element cost more than the upsert
     # itself (≈ 5 ms for 14 columns of 300). repr() of a float round-trips exactly.
@@ -132,6 +132,7 @@ def _quoted(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+_NULL = np.array(None, dtype=object)
 _OPTIONAL = {"vmin", "vmax", "vsum", "first_step", "first", "last_step", "last"}
 
 

@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, case, cast, func, literal, select, text, true
+from sqlalchemy import BigInteger, ColumnElement, case, cast, func, literal, select, text, true
 from sqlalchemy.orm import Session, aliased
 
 from app.db import bucketing, rollups
@@ -59,8 +59,10 @@ def step_range(
     return StepRange(int(count), int(lo), int(hi)) if count else None
 
 
-def _filters(experiment_id: uuid.UUID, name: str, lo: int | None, hi: int | None) -> list:
-    conditions = [MetricPoint.experiment_id == experiment_id, MetricPoint.name == name]
+def _filters(experiment_id: uuid.UUID, name: str, lo: int | None,
+             hi: int | None) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = [MetricPoint.experiment_id == experiment_id,
+                                             MetricPoint.name == name]
     if lo is not None:
         conditions.append(MetricPoint.step >= lo)
     if hi is not None:

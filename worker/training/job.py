@@ -8,7 +8,8 @@ from pathlib import Path
 from worker.training.config import ExperimentConfig
 from worker.training.datasets import default_data_dir, load_dataset, split_count
 from worker.training.device import resolve_device
-from worker.training.loop import OnMetrics, steps_per_epoch, train
+from worker.training.loop import steps_per_epoch, train
+from worker.training.progress import OnMetrics
 from worker.training.result import TrainResult
 
 

@@ -195,7 +195,7 @@ def train(
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            torch.autograd.backward(loss)  # loss.backward(), which is unannotated
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
 
             # ---- clip and measure (on the device), update, record

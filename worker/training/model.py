@@ -44,13 +44,13 @@ class Layer(nn.Module):
 
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
         """The activation's input (Ioffe & Szegedy's Fig. 1 quantity)."""
-        z = self.linear(x)
+        z: torch.Tensor = self.linear(x)
         if self.bn is not None and self.bn_first:
             z = self.bn(z)
         return z
 
     def from_pre_activation(self, z: torch.Tensor) -> torch.Tensor:
-        a = self.activation(z)
+        a: torch.Tensor = self.activation(z)
         if self.bn is not None and not self.bn_first:
             a = self.bn(a)
         return a
