@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.errors import BodySizeLimit, install_error_handlers
-from app.api.routes import experiments, meta, metrics, series, stream
+from app.api.routes import experiments, meta, metrics, series, stream, studies
 from app.api.schemas import Problem, config_component_schemas
 from app.core.config import Settings, get_settings
 from app.db.migrate import check_migrated, upgrade
@@ -52,7 +52,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
             allow_headers=["*"],
             expose_headers=["ETag"],  # so a dashboard on another origin can send If-None-Match
         )
-    for router in (experiments.router, metrics.router, series.router, stream.router, meta.router):
+    for router in (experiments.router, metrics.router, series.router, stream.router, meta.router,
+                   studies.router):
         app.include_router(router, prefix=API_PREFIX, responses=COMMON_RESPONSES)
     app.add_api_route("/healthz", meta.healthz, include_in_schema=False)
     app.add_api_route("/readyz", meta.readyz, include_in_schema=False)
@@ -75,6 +76,9 @@ PARAMETER_EXAMPLES: dict[str, Any] = {
     "ids": "3f6c2a1e-8d4b-4c1a-9a7e-2b5d0c9e4f11,9b1d7e52-0c3f-4e8a-b6d2-7a4f1c2e8d90",
     "idempotency-key": "submit-2026-11-26-001",
     "last-event-id": "1200",
+    "study_id": "5d2e8c1a-7b3f-4e9d-a1c6-0f4b2d8e6a73",
+    "pairs": "first",
+    "metric": "val_accuracy",
 }
 
 

@@ -52,7 +52,8 @@ class _Row:
     def __init__(self, experiment_id: uuid.UUID, values: tuple[Any, ...]) -> None:
         self.id = experiment_id
         (self.name, self.status, config, self.created_at, self.started_at, self.finished_at,
-         self.device, self.worker, self.attempt, self.error, summary) = values
+         self.device, self.worker, self.attempt, self.error, summary, self.study_id,
+         self.study_cell, self.study_seed) = values
         self.config = json.loads(config)
         self.summary = json.loads(summary) if summary is not None else None
 

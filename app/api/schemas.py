@@ -27,6 +27,14 @@ class SubmitOptions(BaseModel):
     tags: list[Tag] = Field(default_factory=list, max_length=32)
 
 
+class StudyMembership(BaseModel):
+    """The study an experiment belongs to (GET /studies/{id}), its cell and its seed."""
+
+    id: uuid.UUID
+    cell: int
+    seed: int
+
+
 class ExperimentOut(BaseModel):
     id: uuid.UUID
     name: str
@@ -41,6 +49,7 @@ class ExperimentOut(BaseModel):
     attempt: int
     error: str | None
     summary: TrainSummary | None
+    study: StudyMembership | None = None
 
 
 class ExperimentPage(BaseModel):

@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     bootstrap_admin_key: str | None = None  # created at startup if missing (compose)
     max_active_per_owner: int = Field(20, ge=1)  # queued + running experiments per owner
     max_steps_per_experiment: int = Field(10_000_000, ge=1)  # epochs × steps per epoch
+    max_study_members: int = Field(512, ge=1, le=100_000)  # cells × seeds of one study
 
     # HTTP.
     stream_poll_s: float = Field(0.5, gt=0, le=10)  # how often an SSE stream checks for news

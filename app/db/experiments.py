@@ -139,9 +139,12 @@ def list_page(
     tag: str | None = None,
     name: str | None = None,
     owner: str | None = None,
+    study_id: uuid.UUID | None = None,
 ) -> Page:
     """Newest first, keyset-paginated on (created_at, id). ``owner=None`` lists every owner's."""
     query = select(Experiment)
+    if study_id is not None:
+        query = query.where(Experiment.study_id == study_id)
     if owner is not None:
         query = query.where(Experiment.owner == owner)
     if status is not None:

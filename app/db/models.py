@@ -53,11 +53,36 @@ class Experiment(Base):
     has_checkpoint: Mapped[bool] = mapped_column(default=False)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     request_hash: Mapped[str | None] = mapped_column(String(64))
+    # A study's member (migration 0007): the study, the member's cell in its grid, its seed.
+    study_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    study_cell: Mapped[int | None] = mapped_column(Integer)
+    study_seed: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         Index("ix_experiments_created", "created_at", "id"),
         Index("ix_experiments_owner_status", "owner", "status"),
+        Index("ix_experiments_study", "study_id", "study_cell", "study_seed"),
     )
+
+
+class Study(Base):
+    """A seed-paired factorial grid of experiments (app.studies). Its status is its members'."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(100))
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    n_members: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    # The results document of a terminal study, and the members' fingerprint it was made from.
+    results_key: Mapped[str | None] = mapped_column(String(64))
+    results: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_studies_created", "created_at", "id"),)
 
 
 class ExperimentTag(Base):

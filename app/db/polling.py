@@ -31,6 +31,9 @@ _COLUMNS = [
     E.c.attempt,
     E.c.error,
     sql_cast(E.c.summary, Text).label("summary"),
+    E.c.study_id,
+    E.c.study_cell,
+    E.c.study_seed,
 ]
 
 

@@ -31,6 +31,7 @@ from app.api.schemas import (
     ExperimentPage,
     Problem,
     Status,
+    StudyMembership,
     SubmitOptions,
     Tag,
     submit_schema,
@@ -67,6 +68,8 @@ def to_out(row: Experiment, tags: list[str]) -> ExperimentOut:
         finished_at=_aware(row.finished_at), device=row.device, worker=row.worker,
         attempt=row.attempt, error=row.error,
         summary=TrainSummary.model_validate(row.summary) if row.summary else None,
+        study=None if row.study_id is None else StudyMembership(
+            id=row.study_id, cell=row.study_cell or 0, seed=row.study_seed or 0),
     )
 
 
@@ -170,11 +173,13 @@ def list_experiments(
     name: Annotated[str | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
+    study_id: Annotated[uuid.UUID | None, Query(description="Only this study's members")] = None,
 ) -> ExperimentPage:
     """Newest first. Pass `next_cursor` back as `cursor` for the next page."""
     try:
         page = experiments.list_page(session, limit=limit, cursor=cursor, status=status, tag=tag,
-                                     name=name, owner=None if principal.admin else principal.owner)
+                                     name=name, owner=None if principal.admin else principal.owner,
+                                     study_id=study_id)
     except ValueError as exc:
         raise RequestValidationError(
             [{"loc": ("query", "cursor"), "type": "value_error", "msg": str(exc)}]

@@ -1,0 +1,165 @@
+"""Studies: submit a seed-paired factorial grid, list, read results, cancel, delete."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import (
+    DispatcherDep,
+    PrincipalDep,
+    SessionDep,
+    SettingsDep,
+    authorized_session,
+)
+from app.api.errors import body_error, validation_details
+from app.api.etag import etag_body
+from app.api.schemas import Problem
+from app.api.study_schemas import StudyCancelled, StudyOut, StudyPage, StudyProgress
+from app.db import studies
+from app.db.experiments import IdempotencyConflictError
+from app.db.keys import Principal
+from app.db.studies import StudyRecord
+from app.studies import service
+from app.studies.results import Pairs, progress
+from app.studies.spec import StudySpec, example_spec
+
+router = APIRouter(prefix="/studies", tags=["studies"])
+Responses = dict[int | str, dict[str, Any]]
+NOT_FOUND: Responses = {404: {"model": Problem, "description": "No such study"}}
+
+
+def load_study(session: Session, study_id: uuid.UUID, principal: Principal) -> StudyRecord:
+    """The study if it exists and the caller may see it (another owner's is a 404 too)."""
+    record = studies.get(session, study_id)
+    if record is None or not (principal.admin or record.owner == principal.owner):
+        raise HTTPException(404, f"study {study_id} not found")
+    return record
+
+
+def to_out(record: StudyRecord, counts: dict[str, int]) -> StudyOut:
+    statuses = [s for s, n in counts.items() for _ in range(n)]
+    return StudyOut(
+        id=record.id, name=record.name, owner=record.owner, created_at=record.created_at,
+        n_members=record.n_members, spec=StudySpec.model_validate(record.spec),
+        progress=StudyProgress(**progress(statuses, sum(counts.values()))),
+    )
+
+
+def _spec(body: Any) -> StudySpec:
+    if not isinstance(body, dict):
+        raise RequestValidationError([{"loc": ("body",), "type": "dict_type",
+                                       "msg": "the body must be a JSON object (a study spec)"}])
+    try:
+        return service.parse_spec(body)
+    except ValidationError as exc:
+        raise body_error(exc) from exc
+
+
+@router.post(
+    "", status_code=202, response_model=StudyOut,
+    responses={409: {"model": Problem, "description": "Idempotency-Key reused with another body"},
+               413: {"model": Problem, "description": "More members than the limit"},
+               429: {"model": Problem, "description": "The members exceed the owner's quota"}},
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+        "schema": StudySpec.model_json_schema(), "example": example_spec()}}}},
+)
+def submit_study(
+    response: Response, session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep,
+    principal: PrincipalDep, body: Annotated[Any, Body()],
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> StudyOut:
+    """Queue every cell × seed of a study as ordinary experiments, all or none. Each member's
+    config is validated first; an invalid one refuses the study (422 naming levels and field)."""
+    spec = _spec(body)
+    try:
+        members = service.plan(spec, settings)
+    except service.TooManyMembersError as exc:
+        raise HTTPException(413, str(exc)) from exc
+    except service.SpecError as exc:
+        raise RequestValidationError(validation_details(exc.errors, ("body",))) from exc
+    try:
+        service.check_quota(session, settings, principal.owner, len(members))
+    except service.QuotaError as exc:
+        raise HTTPException(429, str(exc), headers={"Retry-After": "30"}) from exc
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    try:
+        record, ids, created = studies.create(
+            session, name=spec.name, spec=spec.model_dump(mode="json"), members=members,
+            owner=principal.owner, idempotency_key=idempotency_key, request_hash=digest)
+    except IdempotencyConflictError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    if created:  # sent only after the commit: a worker must find the row it is told about
+        service.dispatch_members(dispatcher, settings, [
+            (i, str(m.config["resources"]["device"])) for i, m in zip(ids, members, strict=True)
+        ])
+    response.headers["Location"] = f"/api/v1/studies/{record.id}"
+    return to_out(record, studies.progress(session, record.id))
+
+
+@router.get("", response_model=StudyPage)
+def list_studies(
+    session: SessionDep, principal: PrincipalDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> StudyPage:
+    """Newest first. Pass `next_cursor` back as `cursor` for the next page."""
+    try:
+        page = studies.list_page(session, limit=limit, cursor=cursor,
+                                 owner=None if principal.admin else principal.owner)
+    except ValueError as exc:
+        raise RequestValidationError(
+            [{"loc": ("query", "cursor"), "type": "value_error", "msg": str(exc)}]) from exc
+    counts = studies.progress_many(session, [r.id for r in page.items])
+    return StudyPage(items=[to_out(r, counts[r.id]) for r in page.items],
+                     next_cursor=page.next_cursor)
+
+
+@router.get("/{study_id}", responses={200: {"description": "The results document"}, **NOT_FOUND})
+async def get_study(
+    study_id: uuid.UUID, request: Request,
+    pairs: Annotated[Pairs, Query(description="first: each level against the first; all: "
+                                              "every pair of levels")] = "first",
+) -> Response:
+    """Progress, per-cell statistics, seed-paired contrasts per factor (Holm-adjusted), the
+    interaction of two factors, and a verdict per contrast. Deterministic; ETag/304."""
+    return await run_in_threadpool(_get_study, request, study_id, pairs)
+
+
+def _get_study(request: Request, study_id: uuid.UUID, pairs: Pairs) -> Response:
+    with authorized_session(request) as (session, principal):
+        record = load_study(session, study_id, principal)
+        return etag_body(request, service.results_body(session, record, pairs))
+
+
+@router.post("/{study_id}/cancel", status_code=202, response_model=StudyCancelled,
+             responses=NOT_FOUND)
+def cancel_study(study_id: uuid.UUID, session: SessionDep,
+                 principal: PrincipalDep) -> StudyCancelled:
+    """Cancel every member that is not finished (queued at once, running within seconds)."""
+    load_study(session, study_id, principal)
+    done = studies.cancel(session, study_id)
+    return StudyCancelled(id=study_id, cancelled=done["cancelled"], cancelling=done["cancelling"])
+
+
+@router.delete("/{study_id}", status_code=204,
+               responses={**NOT_FOUND, 409: {"model": Problem, "description": "Members active"}})
+def delete_study(study_id: uuid.UUID, session: SessionDep, settings: SettingsDep,
+                 principal: PrincipalDep) -> Response:
+    """Delete a finished study with its members, their metrics and checkpoints."""
+    load_study(session, study_id, principal)
+    try:
+        ids = studies.delete_finished(session, study_id)
+    except studies.StudyActiveError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    for member_id in ids:
+        settings.checkpoint_path(member_id).unlink(missing_ok=True)
+    return Response(status_code=204)

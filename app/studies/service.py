@@ -1,0 +1,128 @@
+"""Studies in the service: submission checks, creation, dispatch, and the results document.
+
+Raises domain errors (``SpecError`` 422, ``TooManyMembersError`` 413, ``QuotaError`` 429);
+the routes turn them into responses. Every database access goes through ``app.db.studies``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from app.core.config import Settings
+from app.db import experiments, studies
+from app.db.studies import MemberRecord, NewMember, StudyRecord
+from app.dispatch import Dispatcher, queue_for
+from app.studies.grid import GridError, expand
+from app.studies.results import Outcome, Pairs, document, outcome
+from app.studies.spec import StudySpec
+from worker.training.job import planned_steps
+
+log = logging.getLogger(__name__)
+
+
+class SpecError(ValueError):
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(str(errors))
+        self.errors = errors
+
+
+class TooManyMembersError(ValueError):
+    pass
+
+
+class QuotaError(Exception):
+    pass
+
+
+def parse_spec(body: Any) -> StudySpec:
+    """The request body as a StudySpec; raises pydantic's ValidationError."""
+    return StudySpec.model_validate(body)
+
+
+def plan(spec: StudySpec, settings: Settings) -> list[NewMember]:
+    """Every member's validated config, or the error that refuses the whole study."""
+    if spec.n_members > settings.max_study_members:
+        sizes = " × ".join(str(len(f.levels)) for f in spec.factors.values())
+        raise TooManyMembersError(
+            f"this study has {spec.n_members} members ({sizes} cells × {len(spec.seeds)} seeds); "
+            f"the limit is {settings.max_study_members} (NORMLAB_MAX_STUDY_MEMBERS)")
+    try:
+        members = expand(spec)
+    except GridError as exc:
+        raise SpecError(exc.errors) from exc
+    for m in members:
+        steps = planned_steps(m.config)
+        if steps > settings.max_steps_per_experiment:
+            raise SpecError([{
+                "loc": ["base", "training"], "type": "quota",
+                "msg": f"member {m.config.name} trains {steps} steps; the limit per experiment "
+                       f"is {settings.max_steps_per_experiment}"}])
+    return [NewMember(m.cell, m.seed, m.config.model_dump(mode="json")) for m in members]
+
+
+def check_quota(session: Session, settings: Settings, owner: str, n_members: int) -> None:
+    """A study counts as its members against the owner's active-experiment quota."""
+    active = experiments.count_active(session, owner)
+    if active + n_members > settings.max_active_per_owner:
+        raise QuotaError(
+            f"{owner} has {active} queued or running experiments and this study adds "
+            f"{n_members} (limit {settings.max_active_per_owner}); wait, cancel some, or run "
+            "fewer seeds or levels")
+
+
+def dispatch_members(dispatcher: Dispatcher, settings: Settings,
+                     members: Sequence[tuple[uuid.UUID, str]]) -> int:
+    """Send a study's members to the broker, one message each, after the commit. The one place
+    members are dispatched (fused training will send groups here). On a broker error the rest
+    stay queued and the reconciler sends them. Returns how many were sent."""
+    for sent, (member_id, device) in enumerate(members):
+        try:
+            dispatcher.send(member_id, queue_for(device, settings))
+        except Exception:
+            log.exception("could not send study member %s (and %d more) to the broker",
+                          member_id, len(members) - sent - 1)
+            return sent
+    return len(members)
+
+
+def outcomes(session: Session, spec: StudySpec, members: list[MemberRecord]) -> list[Outcome]:
+    reached: dict[uuid.UUID, int] = {}
+    r = spec.response
+    if r.metric == "steps_to" and r.of is not None and r.threshold is not None:
+        done = [m.id for m in members if m.status == "succeeded"]
+        reached = studies.first_reaching(session, done, r.of, r.threshold, r.reaches_upward)
+    return [outcome(r, m.cell, m.seed, m.status, m.summary, reached.get(m.id)) for m in members]
+
+
+def header(record: StudyRecord) -> dict[str, Any]:
+    return {"id": str(record.id), "name": record.name, "owner": record.owner,
+            "created_at": record.created_at.isoformat(), "n_members": record.n_members,
+            "spec": record.spec}
+
+
+def results_body(session: Session, record: StudyRecord, pairs: Pairs = "first") -> bytes:
+    """The results document as JSON bytes; a terminal study's is computed once and cached
+    under the members' fingerprint (a deleted member changes it)."""
+    key = studies.fingerprint(session, record.id)
+    cached = studies.cached_results(session, record.id, key) if pairs == "first" else None
+    if cached is not None:
+        return cached.encode()
+    spec = StudySpec.model_validate(record.spec)
+    members = studies.members(session, record.id)
+    doc = {**header(record), **document(spec, outcomes(session, spec, members), len(members),
+                                        pairs)}
+    body = orjson.dumps(doc)
+    if doc["progress"]["terminal"] and pairs == "first":
+        studies.store_results(session, record.id, key, body.decode())
+    return body
+
+
+def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    return [dict(e) for e in exc.errors()]
