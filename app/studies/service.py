@@ -6,6 +6,8 @@ the routes turn them into responses. Every database access goes through ``app.db
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import uuid
 from collections.abc import Sequence
@@ -16,10 +18,11 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
-from app.db import experiments, studies
+from app.db import experiments, series, studies
 from app.db.studies import MemberRecord, NewMember, StudyRecord
 from app.dispatch import Dispatcher, queue_for
-from app.studies.grid import GridError, expand
+from app.studies import curves as curve_math
+from app.studies.grid import GridError, cells, expand
 from app.studies.results import Outcome, Pairs, document, outcome
 from app.studies.spec import StudySpec
 from worker.training.job import planned_steps
@@ -126,3 +129,44 @@ def results_body(session: Session, record: StudyRecord, pairs: Pairs = "first") 
 
 def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
     return [dict(e) for e in exc.errors()]
+
+
+def curves(session: Session, record: StudyRecord, metric: str, points: int) -> dict[str, Any]:
+    """Per cell learning curves of ``metric`` on one step grid shared by every member."""
+    spec = StudySpec.model_validate(record.spec)
+    members = studies.members(session, record.id)
+    ranges = {m.id: series.step_range(session, m.id, metric, count_cap=1) for m in members}
+    found = [r for r in ranges.values() if r is not None]
+    lo, hi = (min(r.lo for r in found), max(r.hi for r in found)) if found else (0, -1)
+    member_buckets = [
+        (m.cell, {b.bucket: b.mean for b in series.series(
+            session, m.id, metric, points=points, raw_if_small=False, lo=lo, hi=hi)})
+        for m in members if ranges[m.id] is not None
+    ]
+    return {"id": str(record.id), "metric": metric, "points": points,
+            "from_step": lo if found else None, "to_step": hi if found else None,
+            "band": curve_math.BAND,
+            "cells": curve_math.aggregate(cells(spec), list(spec.factors), member_buckets, lo, hi,
+                                          points)}
+
+
+SUMMARY_COLUMNS = ("steps", "epochs_completed", "final_test_accuracy", "best_val_accuracy",
+                   "final_loss", "diverged_at_step", "duration_s")
+
+
+def results_csv(session: Session, record: StudyRecord) -> str:
+    """One row per member: levels, seed, status, response, and the summary's main fields."""
+    spec = StudySpec.model_validate(record.spec)
+    members = studies.members(session, record.id)
+    grid = cells(spec)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["experiment_id", "cell", *spec.factors, "seed", "status", "response",
+                     "diverged", *SUMMARY_COLUMNS])
+    for m, o in zip(members, outcomes(session, spec, members), strict=True):
+        summary = m.summary or {}
+        writer.writerow([m.id, m.cell, *(grid[m.cell].labels if m.cell < len(grid) else ()),
+                         m.seed, m.status, "" if o.response is None else o.response,
+                         o.diverged, *("" if summary.get(k) is None else summary[k]
+                                       for k in SUMMARY_COLUMNS)])
+    return buffer.getvalue()

@@ -132,7 +132,7 @@ def test_keyset_paging_and_cancel_and_delete(sc: Client) -> None:
     assert client.get(f"{API}/studies", params={"cursor": "nope"}).status_code == 422
 
     study_id = ids[0]
-    first, second = members(client, study_id)
+    first, _ = members(client, study_id)
     claim(settings, first["id"])
     assert client.delete(f"{API}/studies/{study_id}").status_code == 409
     cancelled = client.post(f"{API}/studies/{study_id}/cancel").json()
@@ -211,3 +211,35 @@ def test_owners_see_only_their_own_studies(client: TestClient, settings: Setting
     assert client.get(f"{API}/studies/{study_id}", headers=h(admin)).status_code == 200
     assert len(client.get(f"{API}/studies", headers=h(admin)).json()["items"]) == 1
     assert client.get(f"{API}/studies").status_code == 401
+
+
+def test_curves_csv_and_stream(sc: Client) -> None:
+    client, settings, _ = sc
+    study = client.post(f"{API}/studies", json=spec(seeds=2)).json()
+    items = members(client, study["id"])
+    for e in items:
+        lease = claim(settings, e["id"])
+        cell, seed = e["study"]["cell"], e["study"]["seed"]
+        with session_scope(settings.database_url) as session:
+            metrics.insert_points(session, lease.experiment_id, [
+                MetricPoint("val_accuracy", 10 * k, k, 0.1 * k + 0.5 * cell + 0.01 * seed, 0.0)
+                for k in (1, 2, 3)])
+            status = "diverged" if cell == 0 and seed == 0 else "succeeded"
+            lifecycle.finish(session, lease, status=status, summary={"status": status})
+    curves = client.get(f"{API}/studies/{study['id']}/curves",
+                        params={"metric": "val_accuracy", "points": 3}).json()
+    assert (curves["from_step"], curves["to_step"]) == (10, 30)
+    first = curves["cells"][0]["buckets"]
+    assert [b["members"] for b in first] == [2, 2, 2]
+    assert first[0]["mean"] == pytest.approx(0.105) and first[0]["min"] == pytest.approx(0.1)
+    assert first[0]["ci_low"] < 0.105 < first[0]["ci_high"]
+    assert [(b["step_start"], b["step_end"]) for b in first][0][0] <= 10
+
+    csv_text = client.get(f"{API}/studies/{study['id']}/results.csv").text
+    lines = csv_text.splitlines()
+    assert lines[0].startswith("experiment_id,cell,model.batch_norm.enabled,seed,status,response")
+    assert len(lines) == 5 and ",diverged,,True," in lines[1]
+
+    with client.stream("GET", f"{API}/studies/{study['id']}/stream") as response:
+        body = "".join(response.iter_text())
+    assert "event: progress" in body and "event: end" in body and '"terminal": true' in body
