@@ -36,7 +36,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         url = request.getfixturevalue("postgres_url")
         with engine_for(url).begin() as connection:
             connection.execute(
-                text("TRUNCATE metric_points, experiment_tags, experiments, studies, api_keys CASCADE")
+                text("TRUNCATE metric_points, experiment_tags, experiments, studies, api_keys "
+                     "CASCADE")
             )
     yield url
     if request.param == "sqlite":

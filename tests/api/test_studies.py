@@ -233,7 +233,7 @@ def test_curves_csv_and_stream(sc: Client) -> None:
     assert [b["members"] for b in first] == [2, 2, 2]
     assert first[0]["mean"] == pytest.approx(0.105) and first[0]["min"] == pytest.approx(0.1)
     assert first[0]["ci_low"] < 0.105 < first[0]["ci_high"]
-    assert [(b["step_start"], b["step_end"]) for b in first][0][0] <= 10
+    assert [(b["step_start"], b["step_end"]) for b in first] == [(10, 16), (17, 23), (24, 30)]
 
     csv_text = client.get(f"{API}/studies/{study['id']}/results.csv").text
     lines = csv_text.splitlines()
