@@ -43,10 +43,10 @@ def aggregate(cells: Sequence[Cell], factor_names: Sequence[str],
               lo: int, hi: int, points: int) -> list[dict[str, Any]]:
     """``member_buckets``: (cell index, {bucket: that member's mean in it}) per member."""
     per_cell: dict[int, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for cell, buckets in member_buckets:
+    for cell_index, buckets in member_buckets:
         for b, value in buckets.items():
             if value is not None and math.isfinite(value):
-                per_cell[cell][b].append(value)
+                per_cell[cell_index][b].append(value)
     out = []
     for cell in cells:
         rows = []
