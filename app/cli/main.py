@@ -180,6 +180,56 @@ def keys_revoke(key_id: str, database_url: Annotated[str | None, typer.Option()]
     revoke(key_id)
 
 
+study_cli = typer.Typer(no_args_is_help=True, help="Studies: seed-paired factorial grids.")
+cli.add_typer(study_cli, name="study")
+SpecArg = Annotated[
+    Path | None, typer.Argument(help="Study spec (.yaml or .json)", exists=True, dir_okay=False)
+]
+
+
+@study_cli.command("run")
+def study_run(
+    spec: SpecArg = None,
+    preset: Annotated[str | None, typer.Option(help="Study preset (normlab study presets)")] = None,
+    set_: SetOpt = None,
+    watch: Annotated[bool, typer.Option(help="Follow progress, then print the results")] = False,
+    local: Annotated[bool, typer.Option(help="Train every member here, without a server")] = False,
+    device: Annotated[str | None, typer.Option(help="--local: override resources.device")] = None,
+    out: Annotated[Path | None, typer.Option(help="--local: write the results as JSON")] = None,
+    url: UrlOpt = "http://127.0.0.1:8000",
+    api_key: KeyOpt = None,
+) -> None:
+    """Submit a study (prints its id), or run it here with --local; --watch prints results."""
+    from app.cli.study import load_spec, run_here, run_remote
+
+    raw = load_spec(spec, preset, set_ or [])
+    if local:
+        run_here(raw, device, out)
+    else:
+        run_remote(url, api_key, raw, watch)
+
+
+@study_cli.command("show")
+def study_show(
+    study_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="The raw results document")] = False,
+    url: UrlOpt = "http://127.0.0.1:8000",
+    api_key: KeyOpt = None,
+) -> None:
+    """Progress, per-cell statistics, paired contrasts and verdicts of a study."""
+    from app.cli.study import show
+
+    show(url, api_key, study_id, as_json)
+
+
+@study_cli.command("presets")
+def study_presets() -> None:
+    """List the study presets."""
+    from app.cli.study import list_presets
+
+    list_presets()
+
+
 def main() -> None:
     cli()
 
