@@ -115,9 +115,15 @@ def show(url: str, api_key: str | None, study_id: str, as_json: bool) -> None:
 
 
 def run_here(spec_raw: dict[str, Any], device: str | None, out: Path | None) -> None:
+    import torch
+
+    from app.core.config import get_settings
     from app.studies.grid import cells
     from app.studies.local import run_local
 
+    threads = get_settings().torch_threads
+    if threads:  # as a worker does: several local runs on one machine split its cores
+        torch.set_num_threads(threads)
     spec = StudySpec.model_validate(spec_raw)
     grid = cells(spec)
     console = Console(stderr=True)
