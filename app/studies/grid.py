@@ -70,10 +70,13 @@ def apply_levels(raw: dict[str, Any], spec: StudySpec, cell: Cell) -> dict[str, 
     for (path, factor), j in zip(spec.factors.items(), cell.levels, strict=True):
         *parents, leaf = path.split(".")
         node = out
-        for part in parents:
-            child = node.get(part)
+        for depth, part in enumerate(parents):
+            child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                child = node[part] = {}
+                where = ".".join(parents[:depth + 1])
+                raise GridError([{"loc": ["base", *parents[:depth + 1]], "type": "dict_type",
+                                  "msg": f"{where} must be an object (factor {path} sets a "
+                                         "field inside it)"}])
             node = child
         level = factor.levels[j]
         if sections[path] and isinstance(node.get(leaf), dict):

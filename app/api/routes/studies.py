@@ -7,7 +7,16 @@ import json
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, HTTPException, Query, Request, Response
+from fastapi import (
+    APIRouter,
+    BackgroundTasks,
+    Body,
+    Header,
+    HTTPException,
+    Query,
+    Request,
+    Response,
+)
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
@@ -73,8 +82,8 @@ def _spec(body: Any) -> StudySpec:
         "schema": StudySpec.model_json_schema(), "example": example_spec()}}}},
 )
 def submit_study(
-    response: Response, session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep,
-    principal: PrincipalDep, body: Annotated[Any, Body()],
+    response: Response, background: BackgroundTasks, session: SessionDep, settings: SettingsDep,
+    dispatcher: DispatcherDep, principal: PrincipalDep, body: Annotated[Any, Body()],
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> StudyOut:
     """Queue every cell × seed of a study as ordinary experiments, all or none. Each member's
@@ -97,8 +106,11 @@ def submit_study(
             owner=principal.owner, idempotency_key=idempotency_key, request_hash=digest)
     except IdempotencyConflictError as exc:
         raise HTTPException(409, str(exc)) from exc
-    if created:  # sent only after the commit: a worker must find the row it is told about
-        service.dispatch_members(dispatcher, settings, [
+    if created:
+        # Sent only after the commit (a worker must find the row it is told about), and after
+        # the answer: 512 broker messages need not delay the 202. Members whose message never
+        # goes out stay queued, and the reconciler sends them.
+        background.add_task(service.dispatch_members, dispatcher, settings, [
             (i, str(m.config["resources"]["device"])) for i, m in zip(ids, members, strict=True)
         ])
     response.headers["Location"] = f"/api/v1/studies/{record.id}"
