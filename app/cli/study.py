@@ -84,6 +84,12 @@ def print_results(doc: dict[str, Any], console: Console | None = None) -> None:
                       f"over {i['n_finite']} seeds")
     for c in doc["contrasts"]:
         console.print(f"• {c['verdict']}")
+        for b in c.get("by_level", []):
+            (factor, label), = b["at"].items()
+            console.print(f"    at {factor}={label}: mean Δ {_num(b['mean_diff'])} "
+                          f"{_ci(b['mean_diff_ci'])}, better in {b['n_wins']} of "
+                          f"{b['n_pairs']} (ties {b['n_ties']}), Wilcoxon p "
+                          f"{_num(b['wilcoxon_p'], 2)}")
 
 
 def run_remote(url: str, api_key: str | None, spec: dict[str, Any], watch: bool) -> None:

@@ -98,7 +98,7 @@ def _contrasts(spec: StudySpec, grid: list[Cell], done: dict[tuple[int, int], Ou
         level_pairs = ([(0, j) for j in range(1, n)] if pairs == "first"
                        else [(i, j) for i in range(n) for j in range(i + 1, n)])
         for r, lv in level_pairs:
-            matched: list[tuple[Outcome, Outcome]] = []
+            matched: list[tuple[Cell, Outcome, Outcome]] = []
             for cell in grid:
                 if cell.levels[fi] != r:
                     continue
@@ -106,12 +106,36 @@ def _contrasts(spec: StudySpec, grid: list[Cell], done: dict[tuple[int, int], Ou
                 for seed in spec.seeds:
                     a, b = done.get((cell.index, seed)), done.get((partner, seed))
                     if a is not None and b is not None:
-                        matched.append((a, b))
-            result = stats.paired([a.response for a, _ in matched],
-                                  [b.response for _, b in matched],
-                                  [a.diverged for a, _ in matched],
-                                  [b.diverged for _, b in matched], goal, reference)
-            out.append({"factor": path, "level": labels[lv], "reference": labels[r], **result})
+                        matched.append((cell, a, b))
+            out.append({"factor": path, "level": labels[lv], "reference": labels[r],
+                        **_paired(matched, goal, reference),
+                        "by_level": _simple_effects(spec, fi, matched, goal, reference)})
+    return out
+
+
+def _paired(matched: Sequence[tuple[Cell, Outcome, Outcome]], goal: str,
+            reference: list[float]) -> dict[str, Any]:
+    return stats.paired([a.response for _, a, _ in matched], [b.response for _, _, b in matched],
+                        [a.diverged for _, a, _ in matched], [b.diverged for _, _, b in matched],
+                        goal, reference)
+
+
+SIMPLE_FIELDS = ("n_pairs", "n_left_out", "mean_diff", "mean_diff_ci", "n_wins", "n_ties",
+                 "p_better", "wilcoxon_p", "divergence")
+
+
+def _simple_effects(spec: StudySpec, fi: int, matched: Sequence[tuple[Cell, Outcome, Outcome]],
+                    goal: str, reference: list[float]) -> list[dict[str, Any]]:
+    """The same contrast within each level of every other factor (descriptive: not part of the
+    Holm family, no verdict). It shows where an effect lives when factors interact."""
+    out = []
+    for fj, (other, factor) in enumerate(spec.factors.items()):
+        if fj == fi:
+            continue
+        for j, label in enumerate(factor.labels or []):
+            subset = [m for m in matched if m[0].levels[fj] == j]
+            result = _paired(subset, goal, reference)
+            out.append({"at": {other: label}, **{k: result[k] for k in SIMPLE_FIELDS}})
     return out
 
 

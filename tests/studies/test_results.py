@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from app.studies.results import Outcome, document, response_of
 from app.studies.spec import ResponseSpec, StudySpec, example_spec
 
@@ -47,6 +49,11 @@ def test_pairs_match_seed_and_the_other_factors_levels_and_holm_spans_contrasts(
     outcomes.append(Outcome(0, 99, "failed", None, False))  # not a seed of the study: ignored
     doc = document(s, outcomes, 48)
     assert [c["n_pairs"] for c in doc["contrasts"]] == [24, 16, 16]
+    by_level = doc["contrasts"][0]["by_level"]  # BN within each learning rate
+    assert [b["at"] for b in by_level] == [{"optimizer.learning_rate": x}
+                                           for x in ("0.1", "0.5", "1.0")]
+    assert [b["n_pairs"] for b in by_level] == [8, 8, 8]
+    assert by_level[2]["mean_diff"] == pytest.approx(0.3) and by_level[2]["n_wins"] == 8
     assert [(c["factor"], c["level"], c["reference"]) for c in doc["contrasts"]][1] == (
         "optimizer.learning_rate", "0.5", "0.1")
     raw = sorted(c["wilcoxon_p"] for c in doc["contrasts"])
