@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
@@ -42,11 +41,6 @@ class TooManyMembersError(ValueError):
 
 class QuotaError(Exception):
     pass
-
-
-def parse_spec(body: Any) -> StudySpec:
-    """The request body as a StudySpec; raises pydantic's ValidationError."""
-    return StudySpec.model_validate(body)
 
 
 def plan(spec: StudySpec, settings: Settings) -> list[NewMember]:
@@ -125,10 +119,6 @@ def results_body(session: Session, record: StudyRecord, pairs: Pairs = "first") 
     if doc["progress"]["terminal"] and pairs == "first":
         studies.store_results(session, record.id, key, body.decode())
     return body
-
-
-def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
-    return [dict(e) for e in exc.errors()]
 
 
 def curves(session: Session, record: StudyRecord, metric: str, points: int) -> dict[str, Any]:

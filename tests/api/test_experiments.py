@@ -21,7 +21,7 @@ from worker.training.result import TrainSummary
 
 EXPERIMENT_FIELDS = {
     "id", "name", "tags", "status", "config", "created_at", "started_at", "finished_at",
-    "device", "worker", "attempt", "error", "summary",
+    "device", "worker", "attempt", "error", "summary", "study",
 }  # fmt: skip
 
 

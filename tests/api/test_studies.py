@@ -171,7 +171,7 @@ BAD: list[tuple[Any, int, str]] = [
     (spec(seeds=100, factors={"optimizer.learning_rate": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]}), 413,
      "600 members"),
     (spec(seeds=11), 429, "adds 22"),
-    ([1, 2], 422, "JSON object"),
+    ([1, 2], 422, "valid dictionary"),
 ]
 
 

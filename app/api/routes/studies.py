@@ -18,7 +18,6 @@ from fastapi import (
     Response,
 )
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -29,7 +28,7 @@ from app.api.deps import (
     SettingsDep,
     authorized_session,
 )
-from app.api.errors import body_error, validation_details
+from app.api.errors import validation_details
 from app.api.etag import etag_body
 from app.api.schemas import Problem
 from app.api.study_schemas import StudyCancelled, StudyOut, StudyPage, StudyProgress
@@ -63,32 +62,20 @@ def to_out(record: StudyRecord, counts: dict[str, int]) -> StudyOut:
     )
 
 
-def _spec(body: Any) -> StudySpec:
-    if not isinstance(body, dict):
-        raise RequestValidationError([{"loc": ("body",), "type": "dict_type",
-                                       "msg": "the body must be a JSON object (a study spec)"}])
-    try:
-        return service.parse_spec(body)
-    except ValidationError as exc:
-        raise body_error(exc) from exc
-
-
 @router.post(
     "", status_code=202, response_model=StudyOut,
     responses={409: {"model": Problem, "description": "Idempotency-Key reused with another body"},
                413: {"model": Problem, "description": "More members than the limit"},
                429: {"model": Problem, "description": "The members exceed the owner's quota"}},
-    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-        "schema": StudySpec.model_json_schema(), "example": example_spec()}}}},
 )
 def submit_study(
     response: Response, background: BackgroundTasks, session: SessionDep, settings: SettingsDep,
-    dispatcher: DispatcherDep, principal: PrincipalDep, body: Annotated[Any, Body()],
+    dispatcher: DispatcherDep, principal: PrincipalDep,
+    spec: Annotated[StudySpec, Body(examples=[example_spec()])],
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> StudyOut:
     """Queue every cell × seed of a study as ordinary experiments, all or none. Each member's
     config is validated first; an invalid one refuses the study (422 naming levels and field)."""
-    spec = _spec(body)
     try:
         members = service.plan(spec, settings)
     except service.TooManyMembersError as exc:
@@ -99,10 +86,11 @@ def submit_study(
         service.check_quota(session, settings, principal.owner, len(members))
     except service.QuotaError as exc:
         raise HTTPException(429, str(exc), headers={"Retry-After": "30"}) from exc
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    normalized = spec.model_dump(mode="json")
+    digest = hashlib.sha256(json.dumps(normalized, sort_keys=True).encode()).hexdigest()
     try:
         record, ids, created = studies.create(
-            session, name=spec.name, spec=spec.model_dump(mode="json"), members=members,
+            session, name=spec.name, spec=normalized, members=members,
             owner=principal.owner, idempotency_key=idempotency_key, request_hash=digest)
     except IdempotencyConflictError as exc:
         raise HTTPException(409, str(exc)) from exc
