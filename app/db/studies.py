@@ -175,12 +175,15 @@ def progress_many(session: Session, study_ids: Sequence[uuid.UUID]
 
 
 def fingerprint(session: Session, study_id: uuid.UUID) -> str:
-    """Changes whenever a member changes (status, summary, deletion): keys the results cache."""
-    count, active, last = session.execute(
-        select(func.count(), func.count().filter(Experiment.status.in_(ACTIVE)),
-               func.max(Experiment.updated_at)).where(Experiment.study_id == study_id)
-    ).one()
-    raw = f"{count}|{active}|{last.isoformat() if last else ''}"
+    """Changes whenever a member changes status or is deleted (every transition moves a count
+    between statuses; the latest update time covers the rest): keys the results cache."""
+    rows = session.execute(
+        select(Experiment.status, func.count(), func.max(Experiment.updated_at))
+        .where(Experiment.study_id == study_id)
+        .group_by(Experiment.status).order_by(Experiment.status)
+    )
+    raw = ";".join(f"{status}={count}@{last.isoformat() if last else ''}"
+                   for status, count, last in rows)
     return hashlib.sha256(raw.encode()).hexdigest()
 
 

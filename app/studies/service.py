@@ -105,8 +105,8 @@ def header(record: StudyRecord) -> dict[str, Any]:
 
 
 def results_body(session: Session, record: StudyRecord, pairs: Pairs = "first") -> bytes:
-    """The results document as JSON bytes; a terminal study's is computed once and cached
-    under the members' fingerprint (a deleted member changes it)."""
+    """The results document as JSON bytes, cached under the members' fingerprint: computed
+    again only after a member changed status (or was deleted), however often it is polled."""
     key = studies.fingerprint(session, record.id)
     cached = studies.cached_results(session, record.id, key) if pairs == "first" else None
     if cached is not None:
@@ -116,7 +116,7 @@ def results_body(session: Session, record: StudyRecord, pairs: Pairs = "first") 
     doc = {**header(record), **document(spec, outcomes(session, spec, members), len(members),
                                         pairs)}
     body = orjson.dumps(doc)
-    if doc["progress"]["terminal"] and pairs == "first":
+    if pairs == "first":
         studies.store_results(session, record.id, key, body.decode())
     return body
 
