@@ -88,8 +88,7 @@ def print_results(doc: dict[str, Any], console: Console | None = None) -> None:
             (factor, label), = b["at"].items()
             console.print(f"    at {factor}={label}: mean Δ {_num(b['mean_diff'])} "
                           f"{_ci(b['mean_diff_ci'])}, better in {b['n_wins']} of "
-                          f"{b['n_pairs']} (ties {b['n_ties']}), Wilcoxon p "
-                          f"{_num(b['wilcoxon_p'], 2)}")
+                          f"{b['n_pairs']} (ties {b['n_ties']})")
 
 
 def run_remote(url: str, api_key: str | None, spec: dict[str, Any], watch: bool) -> None:

@@ -114,27 +114,28 @@ def _contrasts(spec: StudySpec, grid: list[Cell], done: dict[tuple[int, int], Ou
 
 
 def _paired(matched: Sequence[tuple[Cell, Outcome, Outcome]], goal: str,
-            reference: list[float]) -> dict[str, Any]:
+            reference: list[float], test: bool = True) -> dict[str, Any]:
     return stats.paired([a.response for _, a, _ in matched], [b.response for _, _, b in matched],
                         [a.diverged for _, a, _ in matched], [b.diverged for _, _, b in matched],
-                        goal, reference)
+                        goal, reference, test)
 
 
 SIMPLE_FIELDS = ("n_pairs", "n_left_out", "mean_diff", "mean_diff_ci", "n_wins", "n_ties",
-                 "p_better", "wilcoxon_p", "divergence")
+                 "p_better", "divergence")
 
 
 def _simple_effects(spec: StudySpec, fi: int, matched: Sequence[tuple[Cell, Outcome, Outcome]],
                     goal: str, reference: list[float]) -> list[dict[str, Any]]:
-    """The same contrast within each level of every other factor (descriptive: not part of the
-    Holm family, no verdict). It shows where an effect lives when factors interact."""
+    """The same contrast within each level of every other factor (descriptive: no test, not
+    part of the Holm family, no verdict). It shows where an effect lives when factors
+    interact."""
     out = []
     for fj, (other, factor) in enumerate(spec.factors.items()):
         if fj == fi:
             continue
         for j, label in enumerate(factor.labels or []):
             subset = [m for m in matched if m[0].levels[fj] == j]
-            result = _paired(subset, goal, reference)
+            result = _paired(subset, goal, reference, test=False)
             out.append({"at": {other: label}, **{k: result[k] for k in SIMPLE_FIELDS}})
     return out
 

@@ -140,9 +140,12 @@ def rank_domain(values: Sequence[Obs], goal: str, reference: Sequence[float]) ->
 
 
 def paired(ref: Sequence[Obs], other: Sequence[Obs], ref_div: Sequence[bool],
-           other_div: Sequence[bool], goal: str, reference: Sequence[float]) -> dict[str, Any]:
+           other_div: Sequence[bool], goal: str, reference: Sequence[float],
+           test: bool = True) -> dict[str, Any]:
     """Seed-paired comparison of ``other`` against ``ref`` (position i of each is one pair);
-    Δ = other − ref. ``reference``: every finite response of the study (to rank worst ones)."""
+    Δ = other − ref. ``reference``: every finite response of the study (to rank worst ones).
+    ``test=False`` skips the Wilcoxon test (with ties it is a permutation test, the costliest
+    figure here)."""
     n = len(ref)
     rank_d = rank_domain(other, goal, reference) - rank_domain(ref, goal, reference)
     sign = 1.0 if goal == "max" else -1.0
@@ -151,7 +154,7 @@ def paired(ref: Sequence[Obs], other: Sequence[Obs], ref_div: Sequence[bool],
     x = np.array([ref[i] for i in both], dtype=np.float64)
     y = np.array([other[i] for i in both], dtype=np.float64)
     d = y - x
-    w = wilcoxon(rank_d)
+    w = wilcoxon(rank_d) if test else WilcoxonResult(None, 0, "not tested")
     out: dict[str, Any] = {
         "n_pairs": n, "n_pairs_finite": len(d), "n_left_out": n - len(d),
         "mean_diff": float(np.mean(d)) if len(d) else None,
