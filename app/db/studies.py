@@ -97,6 +97,17 @@ def create(
     return _record(study), ids, True
 
 
+def replay(session: Session, *, owner: str, idempotency_key: str | None,
+           request_hash: str | None) -> StudyRecord | None:
+    """The study an earlier request with this Idempotency-Key created (so a retry is answered
+    before quotas count that study's own members), or None. Raises IdempotencyConflictError
+    when the key came with another body."""
+    if idempotency_key is None:
+        return None
+    previous = _by_key(session, f"{owner}:{idempotency_key}")
+    return None if previous is None else _same(session, previous, request_hash)[0]
+
+
 def _by_key(session: Session, key: str) -> Study | None:
     return session.scalars(select(Study).where(Study.idempotency_key == key)).first()
 

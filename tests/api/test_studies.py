@@ -154,6 +154,11 @@ def test_idempotency_key(sc: Client) -> None:
     b = client.post(f"{API}/studies", json=spec(seeds=2), headers=headers)
     assert a.status_code == b.status_code == 202 and a.json()["id"] == b.json()["id"]
     assert len(dispatcher.sent) == 4 and counts(settings) == (1, 4)
+    big = spec(seeds=8)  # 16 members: a retry must not be refused for its own 16 active ones
+    first = client.post(f"{API}/studies", json=big, headers={"Idempotency-Key": "big"})
+    retry = client.post(f"{API}/studies", json=big, headers={"Idempotency-Key": "big"})
+    assert first.status_code == retry.status_code == 202
+    assert first.json()["id"] == retry.json()["id"]
     assert client.post(f"{API}/studies", json=spec(seeds=3), headers=headers).status_code == 409
 
 

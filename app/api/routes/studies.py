@@ -82,18 +82,22 @@ def submit_study(
         raise HTTPException(413, str(exc)) from exc
     except service.SpecError as exc:
         raise RequestValidationError(validation_details(exc.errors, ("body",))) from exc
-    try:
-        service.check_quota(session, settings, principal.owner, len(members))
-    except service.QuotaError as exc:
-        raise HTTPException(429, str(exc), headers={"Retry-After": "30"}) from exc
     normalized = spec.model_dump(mode="json")
     digest = hashlib.sha256(json.dumps(normalized, sort_keys=True).encode()).hexdigest()
     try:
+        earlier = studies.replay(session, owner=principal.owner, idempotency_key=idempotency_key,
+                                 request_hash=digest)
+        if earlier is not None:
+            response.headers["Location"] = f"/api/v1/studies/{earlier.id}"
+            return to_out(earlier, studies.progress(session, earlier.id))
+        service.check_quota(session, settings, principal.owner, len(members))
         record, ids, created = studies.create(
             session, name=spec.name, spec=normalized, members=members,
             owner=principal.owner, idempotency_key=idempotency_key, request_hash=digest)
     except IdempotencyConflictError as exc:
         raise HTTPException(409, str(exc)) from exc
+    except service.QuotaError as exc:
+        raise HTTPException(429, str(exc), headers={"Retry-After": "30"}) from exc
     if created:
         # Sent only after the commit (a worker must find the row it is told about), and after
         # the answer: 512 broker messages need not delay the 202. Members whose message never
