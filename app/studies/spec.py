@@ -13,7 +13,15 @@ import json
 import math
 from typing import Annotated, Any, Literal, Self, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from app.studies.paths import FORBIDDEN_PATHS, config_paths
 
@@ -126,19 +134,31 @@ class StudySpec(_Strict):
             raise ValueError("seeds must not repeat")
         return value
 
-    @field_validator("factors", mode="after")
-    @classmethod
-    def _paths(cls, factors: dict[str, FactorSpec]) -> dict[str, FactorSpec]:
+    @model_validator(mode="after")
+    def _paths(self) -> Self:
+        """Factor paths and levels, each error located at its factor (and level)."""
         paths = config_paths()
-        for path, factor in factors.items():
-            check_path(path, paths)
+        errors: list[tuple[tuple[str | int, ...], str, object]] = []
+        for path, factor in self.factors.items():
+            try:
+                check_path(path, paths)
+            except PathError as exc:
+                errors.append((("factors", path), str(exc), path))
+                continue
             for i, level in enumerate(factor.levels):
-                check_level(path, i, level, is_section=paths[path])
-        names = sorted(factors)
-        for a, b in itertools.pairwise(names):
+                try:
+                    check_level(path, i, level, is_section=paths[path])
+                except ValueError as exc:
+                    errors.append((("factors", path, "levels", i), str(exc), level))
+        for a, b in itertools.pairwise(sorted(self.factors)):
             if b.startswith(a + "."):
-                raise ValueError(f"factors {a!r} and {b!r} overlap: {b} is inside {a}")
-        return factors
+                errors.append((("factors", b), f"factors {a!r} and {b!r} overlap: {b} is "
+                                               f"inside {a}", b))
+        if errors:
+            raise ValidationError.from_exception_data("StudySpec", [
+                InitErrorDetails(type=PydanticCustomError("value_error", msg), loc=loc,
+                                 input=value) for loc, msg, value in errors])
+        return self
 
     @property
     def n_cells(self) -> int:

@@ -44,6 +44,14 @@ def test_unknown_path_names_the_nearest_valid_ones() -> None:
     assert "model.batchnorm.enabled" in text and "model.batch_norm.enabled" in text
 
 
+def test_errors_are_located_at_the_factor_and_level() -> None:
+    with pytest.raises(ValidationError) as info:
+        StudySpec.model_validate(spec(factors={"modl.activation": ["relu"],
+                                               "clipping": [{"mode": "none"}, "norm"]}))
+    assert [e["loc"] for e in info.value.errors()] == [
+        ("factors", "modl.activation"), ("factors", "clipping", "levels", 1)]
+
+
 @pytest.mark.parametrize(("factors", "needle"), [
     ({"training.seed": [1, 2]}, "training.seed"),
     ({"training": [{"seed": 1}, {"seed": 2}]}, "training.seed"),
