@@ -189,6 +189,14 @@ def test_bad_input_is_a_4xx_and_creates_nothing(sc: Client, body: Any, status: i
     assert counts(settings) == (0, 0) and dispatcher.sent == []
 
 
+def test_malformed_json_is_a_400(sc: Client) -> None:
+    client, settings, _ = sc
+    response = client.post(f"{API}/studies", content=b'{"name": ',
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and "malformed JSON" in response.text
+    assert counts(settings) == (0, 0)
+
+
 def test_a_non_finite_threshold_is_refused(sc: Client) -> None:
     client, settings, _ = sc
     text = json.dumps(spec(response={"metric": "steps_to", "of": "val_accuracy",

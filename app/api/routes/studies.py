@@ -64,8 +64,10 @@ def to_out(record: StudyRecord, counts: dict[str, int]) -> StudyOut:
 
 @router.post(
     "", status_code=202, response_model=StudyOut,
-    responses={409: {"model": Problem, "description": "Idempotency-Key reused with another body"},
-               413: {"model": Problem, "description": "More members than the limit"},
+    responses={400: {"model": Problem, "description": "Malformed JSON"},
+               409: {"model": Problem, "description": "Idempotency-Key reused with another body"},
+               413: {"model": Problem, "description": "More members than the limit, or a body "
+                                                      "over 1 MiB"},
                429: {"model": Problem, "description": "The members exceed the owner's quota"}},
 )
 def submit_study(
