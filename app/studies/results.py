@@ -12,7 +12,7 @@ from typing import Any, Literal
 from app.studies import stats
 from app.studies.grid import Cell, cells
 from app.studies.spec import ResponseSpec, StudySpec
-from app.studies.verdicts import verdict
+from app.studies.verdicts import number, verdict
 
 FINISHED = ("succeeded", "diverged")  # members with a response (failed/cancelled have none)
 TERMINAL = ("succeeded", "diverged", "failed", "cancelled")
@@ -84,8 +84,27 @@ def analyse(spec: StudySpec, outcomes: Sequence[Outcome], pairs: Pairs = "first"
         c["holm_p"] = p
         c["verdict"] = verdict(c, spec.response, f"{c['factor']}={c['level']}",
                                f"{c['factor']}={c['reference']}")
-    return {"cells": cell_stats, "contrasts": contrasts,
-            "interactions": _interactions(spec, done) if len(spec.factors) == 2 else []}
+    interactions = _interactions(spec, done) if len(spec.factors) == 2 else []
+    _note_interactions(contrasts, interactions)
+    return {"cells": cell_stats, "contrasts": contrasts, "interactions": interactions}
+
+
+def _note_interactions(contrasts: list[dict[str, Any]],
+                       interactions: list[dict[str, Any]]) -> None:
+    """A contrast pooled over the other factor's levels can hide an effect confined to one of
+    them: its verdict says so when an interaction's CI excludes zero."""
+    for c in contrasts:
+        for i in interactions:
+            ci = i["ci"]
+            position = i["factors"].index(c["factor"])
+            if (ci is None or ci[0] <= 0 <= ci[1] or i["levels"][position] != c["level"]
+                    or i["references"][position] != c["reference"]):
+                continue
+            other = i["factors"][1 - position]
+            c["verdict"] += (f"; the effect depends on {other}: interaction at "
+                             f"{other}={i['levels'][1 - position]} {number(i['mean'])} "
+                             f"(95% CI {number(ci[0])} to {number(ci[1])}), see by_level")
+            break
 
 
 def _contrasts(spec: StudySpec, grid: list[Cell], done: dict[tuple[int, int], Outcome],

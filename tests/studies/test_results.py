@@ -84,3 +84,17 @@ def test_response_values_and_censoring() -> None:
     assert steps.goal == "min" and steps.reaches_upward
     assert response_of(steps, "succeeded", {}, 120) == 120.0
     assert response_of(steps, "succeeded", {}, None) is None  # never reached: censored, worst
+
+
+def test_a_pooled_verdict_points_at_an_interaction() -> None:
+    s = study(factors={"model.batch_norm.enabled": [False, True],
+                       "optimizer.learning_rate": [0.1, 2.0]}, seeds=8)
+    # BN matters only at lr 2.0 (cells: 0 = off/0.1, 1 = off/2.0, 2 = on/0.1, 3 = on/2.0)
+    base = {0: 0.90, 1: 0.10, 2: 0.90, 3: 0.95}
+    outcomes = [Outcome(cell, seed, "succeeded",
+                        base[cell] + 0.001 * seed * (-1 if cell == 2 else 1), False)
+                for cell in range(4) for seed in range(8)]
+    bn = document(s, outcomes, 32)["contrasts"][0]
+    assert "the effect depends on optimizer.learning_rate: interaction at " \
+           "optimizer.learning_rate=2.0 0.85" in bn["verdict"]
+    assert [b["n_wins"] for b in bn["by_level"]] == [0, 8]
