@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from app.api.errors import BodySizeLimit, install_error_handlers
 from app.api.routes import experiments, meta, metrics, series, stream, studies, study_data
 from app.api.schemas import Problem, config_component_schemas
+from app.web import pages
 from app.core.config import Settings, get_settings
 from app.db.migrate import check_migrated, upgrade
 from app.dispatch import CeleryDispatcher, Dispatcher
@@ -39,6 +40,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         version="1.0",
         summary="Batch-normalization and gradient-clipping training experiments as a service.",
         lifespan=lifespan,
+        docs_url=None,  # app.web serves /docs from the package (FastAPI's loads a CDN)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.dispatcher = dispatcher or CeleryDispatcher(settings)
@@ -57,6 +60,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         app.include_router(router, prefix=API_PREFIX, responses=COMMON_RESPONSES)
     app.add_api_route("/healthz", meta.healthz, include_in_schema=False)
     app.add_api_route("/readyz", meta.readyz, include_in_schema=False)
+    pages.install(app)
     _customize_openapi(app)
     return app
 

@@ -14,6 +14,7 @@ from app.api.deps import (
 )
 from app.api.schemas import PresetOut
 from app.db import health
+from worker.training.config import ExperimentConfig
 from worker.training.presets import PRESET_DESCRIPTIONS, PRESETS, build_config
 
 router = APIRouter(tags=["meta"])
@@ -26,6 +27,12 @@ def list_presets(_: PrincipalDep) -> list[PresetOut]:
         PresetOut(name=name, description=PRESET_DESCRIPTIONS[name], config=build_config({}, name))
         for name in PRESETS
     ]
+
+
+@router.get("/config/defaults", response_model=ExperimentConfig)
+def config_defaults(_: PrincipalDep) -> ExperimentConfig:
+    """The config every omitted field takes (the dashboard's submit form starts from it)."""
+    return ExperimentConfig()
 
 
 @router.get("/healthz")
