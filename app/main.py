@@ -12,10 +12,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from app.api.errors import BodySizeLimit, install_error_handlers
 from app.api.routes import experiments, meta, metrics, series, stream, studies, study_data
 from app.api.schemas import Problem, config_component_schemas
-from app.web import pages
 from app.core.config import Settings, get_settings
 from app.db.migrate import check_migrated, upgrade
 from app.dispatch import CeleryDispatcher, Dispatcher
+from app.web import pages
 
 API_PREFIX = "/api/v1"
 COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
