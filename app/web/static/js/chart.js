@@ -52,6 +52,8 @@ export class Chart {
     this.draw();
     this.node.dataset.loads = String(this.loads);
     this.node.dataset.markers = String(markers.length);
+    // The last step drawn: tests wait on it to see a live point arrive.
+    this.node.dataset.lastStep = String(Math.max(-1, ...series.map((s) => (s.cols.x.length ? s.cols.x[s.cols.x.length - 1] : -1))));
   }
 
   setLog(log) {

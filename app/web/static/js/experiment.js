@@ -184,6 +184,7 @@ export async function experimentView(id, params) {
 
   function onEvent(kind, data) {
     window.normlab.events += 1;
+    node.dataset.events = String(window.normlab.events);
     if (kind === "status" || kind === "end") {
       const { status } = JSON.parse(data);
       if (status === "deleted") { message.textContent = "This experiment was deleted."; return; }

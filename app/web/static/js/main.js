@@ -17,7 +17,7 @@ export function parseHash() {
 // Replace the query part of the current view's URL (no new history entry, no re-render).
 export function setParams(params) {
   const { path } = parseHash();
-  const query = params.toString();
+  const query = params.toString().replace(/%2C/gi, ","); // readable lists of ids and names
   history.replaceState(null, "", `#${path}${query ? `?${query}` : ""}`);
 }
 
