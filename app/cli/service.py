@@ -101,6 +101,12 @@ def make_app() -> Any:
     return app
 
 
+def dashboard_url(host: str, port: int) -> str:
+    """The address a person on this machine opens (a wildcard bind is reachable on loopback)."""
+    shown = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://[{shown}]:{port}/" if ":" in shown else f"http://{shown}:{port}/"
+
+
 def tcp_listener(host: str, port: int) -> socket.socket:
     """The listening socket for several worker processes, made with ``IPPROTO_TCP``.
 
@@ -164,6 +170,8 @@ def serve(host: str, port: int, workers: int = 2, access_log: bool = True) -> No
             f"database {settings.database_url}",
             err=True,
         )
+    typer.echo(f"NormLab is starting: open {dashboard_url(host, port)} (dashboard; API docs at /docs)",
+               err=True)
     try:
         run_api(host, port, workers, access_log)
     finally:

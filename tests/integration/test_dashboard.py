@@ -29,6 +29,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Cli
                       NORMLAB_STREAM_POLL_S="0.2")
     api, base = start_api(env, tmp)
     try:
+        # `serve` tells the user where to point the browser.
+        assert f"open {base}/ " in (tmp / "api.log").read_text()
         with httpx.Client(base_url=base, timeout=30) as client:
             yield client, base
     finally:

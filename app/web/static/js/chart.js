@@ -5,6 +5,13 @@ import { h, fmt, withAlpha } from "./util.js";
 
 const HEIGHT = 220;
 
+// Short tick labels: exponents for large or tiny values, so they fit the axis.
+function tick(v) {
+  if (v === null || v === undefined) return "";
+  const abs = Math.abs(v);
+  return abs !== 0 && (abs >= 1e4 || abs < 1e-3) ? v.toExponential(1) : String(+v.toPrecision(4));
+}
+
 // Buckets of the series endpoint → the columns a chart draws (x = the bucket's last step).
 export function columns(buckets) {
   const x = [], mean = [], min = [], max = [], nonfinite = [];
@@ -68,6 +75,7 @@ export class Chart {
       s.cols.max.map(keep)]);
     const any = tables.some((t) => t[0].length > 0);
     this.note.textContent = any ? "" : "no points yet";
+    // Alignment gaps (undefined) are spanned; a null (a non-finite bucket) breaks the line.
     const data = any ? uPlot.join(tables.filter((t) => t[0].length > 0))
       : [[], ...this.series.flatMap(() => [[], [], []])];
     const shown = any ? this.series.filter((s) => s.cols.x.length > 0) : this.series;
@@ -89,7 +97,7 @@ export class Chart {
       legend: { show: false },
       cursor: { drag: { x: true, y: false, setScale: !!this.spec.clientZoom } },
       scales: { x: { time: false }, y: log ? { distr: 3, log: 10 } : {} },
-      axes: [{ label: "step", size: 40 }, { size: 64 }],
+      axes: [{ label: "step", size: 40 }, { size: 64, values: (u, ticks) => ticks.map(tick) }],
       series: uSeries,
       bands,
       hooks: {
