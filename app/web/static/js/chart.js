@@ -57,6 +57,8 @@ export class Chart {
     this.divergedAt = divergedAt;
     this.loads += 1;
     this.draw();
+    // When the page first showed data (bench/dashboard.py reads it).
+    if (window.normlab.firstChartMs === undefined) window.normlab.firstChartMs = performance.now();
     this.node.dataset.loads = String(this.loads);
     this.node.dataset.markers = String(markers.length);
     // The last step drawn: tests wait on it to see a live point arrive.

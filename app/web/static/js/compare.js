@@ -85,6 +85,7 @@ export async function compareView(params) {
       chart.setData(series, markers);
       window.normlab.charts[name] = { names: [name], points, width: chart.width(), data: data[name], markers };
     }
+    window.normlab.compareDrawnMs = performance.now();
     window.normlab.compare = { labels, ids: answer.experiments.map((e) => e.id), diffs: answer.experiments.map((e) => e.config_diff), points };
     return labels;
   }

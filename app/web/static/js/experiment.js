@@ -19,8 +19,8 @@ export async function experimentView(id, params) {
     hidden: new Set((params.get("hide") || "").split(",").filter(Boolean)),
   };
   const abort = new AbortController();
-  let experiment = await getJson(`experiments/${id}`);
-  const names = await getJson(`experiments/${id}/metrics/names`);
+  let [experiment, names] = await Promise.all([getJson(`experiments/${id}`),
+    getJson(`experiments/${id}/metrics/names`)]);
   const known = new Set(names.map((n) => n.name));
   let lastStep = names.reduce((m, n) => Math.max(m, n.last_step), -1);
   let divergence = null; // { step, text }
