@@ -42,13 +42,25 @@ CHUNK = 50_000
 RAW_WALK = """async () => {
   const t0 = performance.now(); let after = -1; let n = 0;
   for (;;) {
-    const r = await fetch(`/api/v1/experiments/ID/metrics?names=loss&after_step=${after}&limit=50000`);
+    const r = await fetch(
+      `/api/v1/experiments/ID/metrics?names=loss&after_step=${after}&limit=50000`);
     const page = await r.json();
     if (!page.items.length) break;
     n += page.items.length; after = page.next_after_step;
   }
   return [performance.now() - t0, n];
 }"""
+
+
+# Where the time goes: the page shell (HTML and scripts, until the first API request), the chart
+# data requests (from the first to the last answer), and drawing (the rest).
+PHASES = """(() => {
+  const api = performance.getEntriesByType("resource").filter((e) => e.name.includes("/api/v1/"));
+  const data = api.filter((e) => e.name.includes("/series") || e.name.includes("/compare?"));
+  return [Math.min(...api.map((e) => e.startTime)), Math.min(...data.map((e) => e.startTime)),
+          Math.max(...data.map((e) => e.responseEnd))];
+})()"""
+phases: list[list[float]] = []
 
 
 def run(url: str, name: str, lr: float, series: dict[str, tuple[int, int]]) -> uuid.UUID:
@@ -91,6 +103,7 @@ def timed(browser: Browser, address: str, ready: str, clock: str) -> tuple[float
     page.goto(address)
     page.wait_for_selector(ready, timeout=120_000)
     result = page.evaluate(f"[window.normlab.{clock}, window.normlab.charts]")
+    phases.append(page.evaluate(PHASES))
     context.close()
     return float(result[0]), result[1]
 
@@ -134,9 +147,12 @@ def main() -> None:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM)
             first, compare, ratios = [], [], []
+            first_phases: list[list[float]] = []
             for _ in range(args.repeats):
-                ms, charts = timed(browser, f"{base}/#/e/{big}", '.chart:not([data-loads="0"])', "firstChartMs")
+                ms, charts = timed(browser, f"{base}/#/e/{big}", '.chart:not([data-loads="0"])',
+                                   "firstChartMs")
                 first.append(ms)
+                first_phases.append([*phases[-1], ms])
                 ratios.append(per_pixel(charts))
                 ids = ",".join(str(i) for i in many)
                 ms, charts = timed(browser, f"{base}/#/compare?ids={ids}&names=loss,test_accuracy",
@@ -159,6 +175,9 @@ def main() -> None:
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} CPUs")
     print(f"experiment page, {args.points:,}-point metric, first chart: median "
           f"{statistics.median(first):.0f} ms (runs: {', '.join(f'{x:.0f}' for x in first)})")
+    shell, start, end, total = (statistics.median(p[i] for p in first_phases) for i in range(4))
+    print(f"  medians: page shell {shell:.0f} ms, then {start - shell:.0f} ms of experiment and "
+          f"names requests, the series request {end - start:.0f} ms, drawing {total - end:.0f} ms")
     print(f"  the same metric's raw points walked through metric pages: {raw_ms:.0f} ms for "
           f"{raw_n:,} points ({raw_ms / statistics.median(first):.0f}× the first chart)")
     print(f"compare, {args.runs} runs × {args.steps:,} steps, 2 metrics drawn: median "

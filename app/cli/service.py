@@ -170,8 +170,8 @@ def serve(host: str, port: int, workers: int = 2, access_log: bool = True) -> No
             f"database {settings.database_url}",
             err=True,
         )
-    typer.echo(f"NormLab is starting: open {dashboard_url(host, port)} (dashboard; API docs at /docs)",
-               err=True)
+    url = dashboard_url(host, port)
+    typer.echo(f"NormLab is starting: open {url} (dashboard; API docs at /docs)", err=True)
     try:
         run_api(host, port, workers, access_log)
     finally:

@@ -95,6 +95,11 @@ def test_list_and_experiment_charts_equal_the_series(
     for chart in drawn.values():
         assert_equals_series(client, experiment["id"], chart)
     web.screenshot("experiment")
+    # The checkpoint comes through fetch() (the key, when there is one, is a header, never a URL).
+    with page.expect_download() as info:
+        page.locator("#download").click()
+    assert info.value.suggested_filename.endswith(f"{experiment['id']}.safetensors")
+    assert Path(info.value.path()).stat().st_size > 1000
 
     # Zoom: drag across the loss chart; the charts re-fetch finer buckets for that range.
     loss = page.locator(".chart[data-chart=loss]")
@@ -245,10 +250,11 @@ def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Clie
 
 
 def test_a_keyed_server_asks_for_the_key_once(
-    keyed: tuple[httpx.Client, str], browser: Browser, tmp_path: Path
+    keyed: tuple[httpx.Client, str], browser: Browser
 ) -> None:
     client, base = keyed
-    experiment = submit(client, {**SMALL, "tags": ["keyed"], "training": {"epochs": 1}})
+    experiment = submit(client, {**SMALL, "tags": ["keyed"],
+                                 "training": {"epochs": 1000, "batch_size": 16}})
     for web in watch(browser, base):
         web.expected_statuses.add(401)  # the answers that make the page ask
         page = web.page
@@ -262,10 +268,13 @@ def test_a_keyed_server_asks_for_the_key_once(
         page.locator("#key-submit").click()
         expect(page.locator(f"#app[data-ready=true] tr[data-id='{experiment['id']}']")
                ).to_be_visible()
-        # Once per tab: another view, and the live stream, need no new prompt.
+        # Once per tab: another view, and the live stream (fetch() with the header), need no
+        # new prompt.
         page.goto(f"{base}/#/e/{experiment['id']}")
-        expect(page.locator(".experiment[data-final=true]")).to_be_attached()
+        expect(page.locator(".experiment")).to_have_attribute("data-events", re.compile("^[1-9]"))
         expect(dialog).to_be_hidden()
+        page.locator("#cancel").click()
+        expect(page.locator(".exp-head .status")).to_have_text("cancelled")
         assert page.evaluate("sessionStorage.getItem('normlab.apiKey')") == ADMIN_KEY
         assert page.evaluate("localStorage.length") == 0
         assert not [u for u in web.urls if ADMIN_KEY in u]

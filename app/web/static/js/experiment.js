@@ -19,10 +19,10 @@ export async function experimentView(id, params) {
     hidden: new Set((params.get("hide") || "").split(",").filter(Boolean)),
   };
   const abort = new AbortController();
-  let [experiment, names] = await Promise.all([getJson(`experiments/${id}`),
-    getJson(`experiments/${id}/metrics/names`)]);
-  const known = new Set(names.map((n) => n.name));
-  let lastStep = names.reduce((m, n) => Math.max(m, n.last_step), -1);
+  let experiment = null;
+  const known = new Set();
+  let lastStep = -1;
+  const prefetched = new Map(); // series URL → its pending answer, used once
   let divergence = null; // { step, text }
   const charts = new Map(); // group id → { chart, group, loading, again }
   const registry = window.normlab.charts = {};
@@ -117,6 +117,13 @@ export async function experimentView(id, params) {
     annotation.dataset.step = String(step);
   }
 
+  function seriesOf(name, points, range) {
+    const url = `experiments/${id}/metrics/${name.split("/").map(encodeURIComponent).join("/")}/series?points=${points}${range}`;
+    const early = prefetched.get(url);
+    prefetched.delete(url);
+    return early || getJson(url, { signal: abort.signal });
+  }
+
   async function load(entry) {
     if (entry.loading) { entry.again = true; return; }
     entry.loading = true;
@@ -126,9 +133,7 @@ export async function experimentView(id, params) {
         const { chart, group } = entry;
         const points = pointsFor(chart.width());
         const range = (state.from !== null ? `&from_step=${state.from}&to_step=${state.to}` : "");
-        const answers = await Promise.all(group.names.map((n) => getJson(
-          `experiments/${id}/metrics/${n.split("/").map(encodeURIComponent).join("/")}/series?points=${points}${range}`,
-          { signal: abort.signal })));
+        const answers = await Promise.all(group.names.map((n) => seriesOf(n, points, range)));
         const data = {};
         const series = answers.map((answer, i) => {
           const cols = columns(answer.buckets);
@@ -223,12 +228,29 @@ export async function experimentView(id, params) {
   });
   reset.addEventListener("click", () => setRange(null, null));
 
-  renderHead();
-  saveState();
-  window.normlab.lastStep = lastStep;
   async function start() {
+    // Every run writes `loss`: ask for its series at once, beside the experiment and its metric
+    // names (on a long run, counting the names is the slow part), at the width the first chart
+    // will have.
+    const probe = new Chart({ id: "probe", title: "" });
+    grid.append(probe.node);
+    const range = (state.from !== null ? `&from_step=${state.from}&to_step=${state.to}` : "");
+    const points = pointsFor(probe.width());
+    probe.node.remove();
+    const loss = seriesOf("loss", points, range);
+    loss.catch(() => {}); // handled where it is used; unused, it is dropped below
+    prefetched.set(`experiments/${id}/metrics/loss/series?points=${points}${range}`, loss);
+    let names;
+    [experiment, names] = await Promise.all([getJson(`experiments/${id}`),
+      getJson(`experiments/${id}/metrics/names`)]);
+    names.forEach((n) => known.add(n.name));
+    lastStep = names.reduce((m, n) => Math.max(m, n.last_step), -1);
+    window.normlab.lastStep = lastStep;
+    renderHead();
+    saveState();
     await findDivergence();
     await buildCharts();
+    prefetched.clear(); // later charts (new points, a new width) ask afresh
     if (TERMINAL.has(experiment.status)) node.dataset.final = "true";
     else stream(`${base}/stream`, lastStep, onEvent, abort.signal);
   }
