@@ -227,6 +227,30 @@ def test_submit_form_shows_field_errors_then_submits(
     assert stored["config"]["optimizer"]["learning_rate"] == 0.1
 
 
+def test_list_filters_and_pages_by_cursor(
+    server: tuple[httpx.Client, str], web: Watched
+) -> None:
+    client, _ = server
+    ids = [submit(client, {**SMALL, "tags": ["paging"]})["id"] for _ in range(3)]
+    page = web.page
+    page.goto(f"{web.origin}/#/")
+    expect(page.locator("#app[data-ready=true] #filters")).to_be_visible()
+    page.locator("#filter-tag").fill("paging")
+    page.locator("#filters button[type=submit]").click()
+    expect(page).to_have_url(re.compile(r"tag=paging"))
+    rows = page.locator("table.runs tbody tr[data-id]")
+    expect(rows).to_have_count(3)
+    page.goto(f"{web.origin}/#/?tag=paging&limit=2")
+    expect(rows).to_have_count(2)
+    first = [rows.nth(i).get_attribute("data-id") for i in range(2)]
+    page.locator("#next-page").click()
+    expect(rows).to_have_count(1)
+    rest = [rows.nth(0).get_attribute("data-id")]
+    assert first + rest == ids[::-1]  # newest first, each run once
+    api = client.get("/api/v1/experiments", params={"tag": "paging", "limit": 2}).json()
+    assert [e["id"] for e in api["items"]] == first and api["next_cursor"] in page.url
+
+
 def test_docs_render_offline(web: Watched) -> None:
     web.page.goto(f"{web.origin}/docs")
     expect(web.page.locator(".swagger-ui .info .title")).to_contain_text("NormLab")

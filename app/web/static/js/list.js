@@ -19,7 +19,8 @@ export async function listView(params) {
   let timer = null;
   let disposed = false;
 
-  const query = new URLSearchParams({ limit: String(PAGE) });
+  const limit = Math.min(200, Math.max(1, Number(params.get("limit")) || PAGE));
+  const query = new URLSearchParams({ limit: String(limit) });
   for (const [k, v] of Object.entries(filters)) if (v) query.set(k, v);
   if (cursor) query.set("cursor", cursor);
 
@@ -35,6 +36,7 @@ export async function listView(params) {
     if (status.value) p.set("status", status.value);
     if (tag.value.trim()) p.set("tag", tag.value.trim());
     if (name.value.trim()) p.set("name", name.value.trim());
+    if (limit !== PAGE) p.set("limit", String(limit));
     location.hash = `#/?${p}`;
   });
 
@@ -69,6 +71,7 @@ export async function listView(params) {
     if (!page.items.length) tbody.replaceChildren(h("tr", {}, h("td", { colspan: 6 }, "No experiments match.")));
     const base = new URLSearchParams();
     for (const [k, v] of Object.entries(filters)) if (v) base.set(k, v);
+    if (limit !== PAGE) base.set("limit", String(limit));
     const next = new URLSearchParams(base);
     if (page.next_cursor) next.set("cursor", page.next_cursor);
     fill(pager, 
