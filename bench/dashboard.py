@@ -52,8 +52,8 @@ RAW_WALK = """async () => {
 }"""
 
 
-# Where the time goes: the page shell (HTML and scripts, until the first API request), the chart
-# data requests (from the first to the last answer), and drawing (the rest).
+# Where the time goes: the page shell (HTML and scripts, until the first API request), then the
+# chart data requests (series, compare) from the first request's start to the last answer.
 PHASES = """(() => {
   const api = performance.getEntriesByType("resource").filter((e) => e.name.includes("/api/v1/"));
   const data = api.filter((e) => e.name.includes("/series") || e.name.includes("/compare?"));
@@ -176,8 +176,8 @@ def main() -> None:
     print(f"experiment page, {args.points:,}-point metric, first chart: median "
           f"{statistics.median(first):.0f} ms (runs: {', '.join(f'{x:.0f}' for x in first)})")
     shell, start, end, total = (statistics.median(p[i] for p in first_phases) for i in range(4))
-    print(f"  medians: page shell {shell:.0f} ms, then {start - shell:.0f} ms of experiment and "
-          f"names requests, the series request {end - start:.0f} ms, drawing {total - end:.0f} ms")
+    print(f"  medians: page shell {shell:.0f} ms; the series request from {start:.0f} to "
+          f"{end:.0f} ms; chart drawn at {total:.0f} ms")
     print(f"  the same metric's raw points walked through metric pages: {raw_ms:.0f} ms for "
           f"{raw_n:,} points ({raw_ms / statistics.median(first):.0f}× the first chart)")
     print(f"compare, {args.runs} runs × {args.steps:,} steps, 2 metrics drawn: median "

@@ -134,26 +134,40 @@ export async function experimentView(id, params) {
         const points = pointsFor(chart.width());
         const range = (state.from !== null ? `&from_step=${state.from}&to_step=${state.to}` : "");
         const answers = await Promise.all(group.names.map((n) => seriesOf(n, points, range)));
-        const data = {};
-        const series = answers.map((answer, i) => {
-          const cols = columns(answer.buckets);
-          data[group.names[i]] = cols;
-          return { label: group.label(group.names[i]), color: PALETTE[i % PALETTE.length], cols };
-        });
-        const markers = [];
-        group.names.forEach((n) => {
-          for (const m of data[n].nonfinite) {
-            const exact = divergence && n === divergence.metric && m.from <= divergence.step && divergence.step <= m.x;
-            markers.push({ x: m.x, name: n, label: exact ? divergence.value : (m.count > 1 ? `non-finite ×${m.count}` : "non-finite") });
-          }
-        });
-        chart.setData(series, markers, divergence ? divergence.step : null);
-        registry[group.id] = { names: group.names, points, width: chart.width(), data, markers,
-          from: state.from, to: state.to, log: state.log, loads: chart.loads };
+        show(entry, answers, points);
       } while (entry.again && !abort.signal.aborted);
     } finally {
       entry.loading = false;
     }
+  }
+
+  // Draw a chart from its series answers (one per name of its group, in order).
+  function show(entry, answers, points) {
+    const { chart, group } = entry;
+    const data = {};
+    const series = answers.map((answer, i) => {
+      const cols = columns(answer.buckets);
+      data[group.names[i]] = cols;
+      return { label: group.label(group.names[i]), color: PALETTE[i % PALETTE.length], cols };
+    });
+    const markers = [];
+    group.names.forEach((n) => {
+      for (const m of data[n].nonfinite) {
+        const exact = divergence && n === divergence.metric && m.from <= divergence.step && divergence.step <= m.x;
+        markers.push({ x: m.x, name: n, label: exact ? divergence.value : (m.count > 1 ? `non-finite ×${m.count}` : "non-finite") });
+      }
+    });
+    chart.setData(series, markers, divergence ? divergence.step : null);
+    registry[group.id] = { names: group.names, points, width: chart.width(), data, markers,
+      from: state.from, to: state.to, log: state.log, loads: chart.loads };
+  }
+
+  function addChart(group) {
+    const chart = new Chart({ id: group.id, title: group.title, log: state.log,
+      onSelect: (from, to) => setRange(from, to) });
+    const entry = { chart, group, loading: false, again: false };
+    charts.set(group.id, entry);
+    return entry;
   }
 
   function setRange(from, to) {
@@ -172,15 +186,15 @@ export async function experimentView(id, params) {
     for (const group of groups) {
       const visible = !state.hidden.has(group.id);
       const existing = charts.get(group.id);
-      if (existing && (!visible || existing.group.names.join() !== group.names.join())) {
+      if (existing && !visible) {
         existing.chart.destroy(); existing.chart.node.remove(); charts.delete(group.id); delete registry[group.id];
       }
+      if (existing && visible && existing.group.names.join() !== group.names.join()) {
+        existing.group = group; // a new series in this chart (the epoch metrics, a layer)
+        fresh.push(existing);
+      }
       if (!visible || charts.has(group.id)) continue;
-      const chart = new Chart({ id: group.id, title: group.title, log: state.log,
-        onSelect: (from, to) => setRange(from, to) });
-      const entry = { chart, group, loading: false, again: false };
-      charts.set(group.id, entry);
-      fresh.push(entry);
+      fresh.push(addChart(group));
     }
     // Keep display order.
     grid.replaceChildren(...groups.filter((g) => charts.has(g.id)).map((g) => charts.get(g.id).chart.node));
@@ -240,6 +254,13 @@ export async function experimentView(id, params) {
     const loss = seriesOf("loss", points, range);
     loss.catch(() => {}); // handled where it is used; unused, it is dropped below
     prefetched.set(`experiments/${id}/metrics/loss/series?points=${points}${range}`, loss);
+    // Drawn as soon as it comes, if the names are not known yet; completed when they are.
+    loss.then((answer) => {
+      if (charts.size || !answer.buckets.length || state.hidden.has("loss") || abort.signal.aborted) return;
+      const entry = addChart({ id: "loss", title: "Loss", names: ["loss"], label: (n) => n });
+      grid.prepend(entry.chart.node);
+      show(entry, [answer], points);
+    }, () => {});
     let names;
     [experiment, names] = await Promise.all([getJson(`experiments/${id}`),
       getJson(`experiments/${id}/metrics/names`)]);
