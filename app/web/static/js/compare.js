@@ -43,6 +43,9 @@ export async function compareView(params) {
   }
 
   async function start() {
+    // The chart data, the summaries and the metric names are asked for at once.
+    const drawn = draw();
+    const summaries = Promise.all(ids.map((id) => getJson(`experiments/${id}`)));
     const known = await getJson(`experiments/${ids[0]}/metrics/names`);
     const available = [...new Set([...known.map((n) => n.name), ...state.names])].sort();
     picker.replaceChildren(...available.map((n) => h("label", {}, h("input", {
@@ -51,8 +54,7 @@ export async function compareView(params) {
         state.names = e.target.checked ? [...state.names, n] : state.names.filter((x) => x !== n);
         save(); draw();
       } }), ` ${n}`)));
-    const experiments = await Promise.all(ids.map((id) => getJson(`experiments/${id}`)));
-    const labels = await draw();
+    const [labels, experiments] = await Promise.all([drawn, summaries]);
     renderTable(experiments, labels);
     save();
   }
@@ -65,7 +67,11 @@ export async function compareView(params) {
     grid.append(probe.node);
     const points = pointsFor(probe.width());
     probe.node.remove();
-    const answer = await getJson(`compare?ids=${ids.join(",")}&names=${state.names.map(encodeURIComponent).join(",")}&points=${points}`);
+    // One request per metric, in parallel (the server answers them in separate processes);
+    // each chart gets its own step range.
+    const answers = await Promise.all(state.names.map((name) => getJson(
+      `compare?ids=${ids.join(",")}&names=${encodeURIComponent(name)}&points=${points}`)));
+    const answer = answers[0];
     const seen = new Set();
     const labels = answer.experiments.map((e, i) => {
       let label = i === 0 ? `${e.name} (reference)` : (diffLabel(e.config_diff) || `${e.name} (same config)`);
@@ -74,11 +80,11 @@ export async function compareView(params) {
       return label;
     });
     const data = {};
-    for (const name of state.names) {
+    for (const [k, name] of state.names.entries()) {
       const chart = new Chart({ id: name, title: name, log: state.log, clientZoom: true });
       grid.append(chart.node);
       charts.push(chart);
-      const series = answer.experiments.map((e, i) => ({ label: labels[i], color: PALETTE[i % PALETTE.length],
+      const series = answers[k].experiments.map((e, i) => ({ label: labels[i], color: PALETTE[i % PALETTE.length],
         cols: columns(e.series[name] || []) }));
       data[name] = series.map((s) => s.cols);
       const markers = series.flatMap((s) => s.cols.nonfinite.map((m) => ({ x: m.x, label: "non-finite" })));
