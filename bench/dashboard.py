@@ -108,6 +108,10 @@ def timed(browser: Browser, address: str, ready: str, clock: str) -> tuple[float
     return float(result[0]), result[1]
 
 
+def charts_points(charts: dict[str, Any]) -> int:
+    return int(charts["loss"]["points"])
+
+
 def per_pixel(charts: dict[str, Any]) -> float:
     """Most points any chart downloaded, per pixel of its width."""
     worst = 0.0
@@ -148,11 +152,13 @@ def main() -> None:
             browser = playwright.chromium.launch(executable_path=CHROMIUM)
             first, compare, ratios = [], [], []
             first_phases: list[list[float]] = []
+            charts_first: dict[str, Any] = {}
             for _ in range(args.repeats):
                 ms, charts = timed(browser, f"{base}/#/e/{big}", '.chart:not([data-loads="0"])',
                                    "firstChartMs")
                 first.append(ms)
                 first_phases.append([*phases[-1], ms])
+                charts_first = charts
                 ratios.append(per_pixel(charts))
                 ids = ",".join(str(i) for i in many)
                 ms, charts = timed(browser, f"{base}/#/compare?ids={ids}&names=loss,test_accuracy",
@@ -160,6 +166,14 @@ def main() -> None:
                                    "compareDrawnMs")
                 compare.append(ms)
                 ratios.append(per_pixel(charts))
+            # The same series request alone (httpx, no browser), side by side.
+            points = charts_points(charts_first)
+            bare = []
+            for _ in range(args.repeats):
+                started = time.perf_counter()
+                httpx.get(f"{base}/api/v1/experiments/{big}/metrics/loss/series",
+                          params={"points": points}, timeout=60).raise_for_status()
+                bare.append((time.perf_counter() - started) * 1000)
             context = browser.new_context()
             page = context.new_page()
             page.goto(f"{base}/#/")
@@ -178,6 +192,8 @@ def main() -> None:
     shell, start, end, total = (statistics.median(p[i] for p in first_phases) for i in range(4))
     print(f"  medians: page shell {shell:.0f} ms; the series request from {start:.0f} to "
           f"{end:.0f} ms; chart drawn at {total:.0f} ms")
+    print(f"  the series request alone (httpx, {points} buckets): median "
+          f"{statistics.median(bare):.0f} ms")
     print(f"  the same metric's raw points walked through metric pages: {raw_ms:.0f} ms for "
           f"{raw_n:,} points ({raw_ms / statistics.median(first):.0f}× the first chart)")
     print(f"compare, {args.runs} runs × {args.steps:,} steps, 2 metrics drawn: median "
