@@ -3,13 +3,22 @@ with every page watched for console errors and for requests to any origin but th
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, Request, expect, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    ConsoleMessage,
+    Page,
+    Playwright,
+    Request,
+    expect,
+    sync_playwright,
+)
 
 CHROMIUM = Path(os.environ.get("NORMLAB_TEST_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
@@ -27,12 +36,26 @@ def chromium() -> Path:
     pytest.skip(f"{CHROMIUM} missing")
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(chromium()), args=[OFFLINE])
-        yield launched
+_running: list[tuple[Playwright, Browser]] = []
+
+
+def _stop() -> None:
+    for playwright, launched in _running:
         launched.close()
+        playwright.stop()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Browser:
+    """One Chromium for the whole session, however many test modules import this fixture
+    (Playwright's sync API runs one instance per thread)."""
+    if not _running:
+        path = chromium()
+        playwright = sync_playwright().start()
+        _running.append((playwright, playwright.chromium.launch(executable_path=str(path),
+                                                                args=[OFFLINE])))
+        atexit.register(_stop)
+    return _running[0][1]
 
 
 @dataclass
