@@ -3,7 +3,6 @@ with every page watched for console errors and for requests to any origin but th
 
 from __future__ import annotations
 
-import atexit
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,7 +13,6 @@ from playwright.sync_api import (
     Browser,
     ConsoleMessage,
     Page,
-    Playwright,
     Request,
     expect,
     sync_playwright,
@@ -36,26 +34,15 @@ def chromium() -> Path:
     pytest.skip(f"{CHROMIUM} missing")
 
 
-_running: list[tuple[Playwright, Browser]] = []
-
-
-def _stop() -> None:
-    for playwright, launched in _running:
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """A Chromium per test module, stopped with it: while Playwright's sync API is started, its
+    event loop counts as running in this thread, and other tests' asyncio.run() would refuse."""
+    path = chromium()
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(path), args=[OFFLINE])
+        yield launched
         launched.close()
-        playwright.stop()
-
-
-@pytest.fixture(scope="session")
-def browser() -> Browser:
-    """One Chromium for the whole session, however many test modules import this fixture
-    (Playwright's sync API runs one instance per thread)."""
-    if not _running:
-        path = chromium()
-        playwright = sync_playwright().start()
-        _running.append((playwright, playwright.chromium.launch(executable_path=str(path),
-                                                                args=[OFFLINE])))
-        atexit.register(_stop)
-    return _running[0][1]
 
 
 @dataclass
