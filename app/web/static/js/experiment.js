@@ -6,6 +6,7 @@ import { groupMetrics } from "./metrics.js";
 import { setParams } from "./main.js";
 import { h, fill, fmt, fmtTime, num, statusBadge, PALETTE, TERMINAL } from "./util.js";
 
+const LIVE_REFRESH_MS = 1000;
 const SUMMARY_FIELDS = ["status", "steps", "epochs_completed", "final_test_accuracy",
   "best_val_accuracy", "final_loss", "diverged_at_step", "diverged_metric", "duration_s",
   "samples_per_s", "steps_clipped", "max_grad_norm", "max_grad_norm_step", "mean_clip_fraction"];
@@ -23,6 +24,8 @@ export async function experimentView(id, params) {
   const known = new Set();
   let lastStep = -1;
   const prefetched = new Map(); // series URL → its pending answer, used once
+  const dirty = new Set(); // charts with new points since their last refresh
+  let refreshTimer = null;
   let divergence = null; // { step, text }
   const charts = new Map(); // group id → { chart, group, loading, again }
   const registry = window.normlab.charts = {};
@@ -211,6 +214,9 @@ export async function experimentView(id, params) {
         getJson(`experiments/${id}`).then(async (e) => {
           experiment = e; renderHead();
           if (TERMINAL.has(e.status)) {
+            clearTimeout(refreshTimer); // the final refresh below covers what was pending
+            refreshTimer = null;
+            dirty.clear();
             await findDivergence();
             await Promise.all([...charts.values()].map(load));
             node.dataset.final = "true";
@@ -232,7 +238,17 @@ export async function experimentView(id, params) {
     // A zoomed view keeps its range; the full view follows the run.
     if (state.from !== null) return;
     for (const entry of charts.values()) {
-      if (entry.group.names.some((n) => touched.has(n))) load(entry);
+      if (entry.group.names.some((n) => touched.has(n))) dirty.add(entry);
+    }
+    // At most one refresh a second: the stream may bring points every poll (0.5 s), and each
+    // refresh asks for every series of the charts it touches.
+    if (dirty.size && refreshTimer === null) {
+      refreshTimer = setTimeout(() => {
+        refreshTimer = null;
+        const due = [...dirty];
+        dirty.clear();
+        due.forEach(load);
+      }, LIVE_REFRESH_MS);
     }
   }
 
@@ -277,6 +293,6 @@ export async function experimentView(id, params) {
   }
   return {
     name: "experiment", node, start,
-    dispose() { abort.abort(); for (const { chart } of charts.values()) chart.destroy(); },
+    dispose() { abort.abort(); clearTimeout(refreshTimer); for (const { chart } of charts.values()) chart.destroy(); },
   };
 }
