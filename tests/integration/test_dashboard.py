@@ -85,7 +85,6 @@ def test_list_and_experiment_charts_equal_the_series(
     expect(row).to_be_visible()
     expect(row.locator(".status")).to_have_text("succeeded", timeout=WAIT_MS)  # live status
     expect(row).to_contain_text("browser")
-    web.screenshot("list")
     row.get_by_role("link", name=experiment["name"]).click()
     expect(page.locator(".experiment[data-final=true]")).to_be_attached()
     drawn = charts(web)
@@ -184,6 +183,7 @@ def test_compare_labels_are_the_config_differences(
     page.goto(f"{web.origin}/#/")
     for run in runs:
         page.locator(f"tr[data-id='{run['id']}'] input[type=checkbox]").check()
+    web.screenshot("list")  # the runs of the earlier tests too, three of them selected
     page.locator("#compare-selected").click()
     expect(page.locator("#app[data-ready=true] .compare .chart[data-chart=loss]")).to_be_attached()
     ids = ",".join(r["id"] for r in runs)
