@@ -4,6 +4,7 @@ import { listView } from "./list.js";
 import { submitView } from "./submit.js";
 import { experimentView } from "./experiment.js";
 import { compareView } from "./compare.js";
+import { studyListView, studyView } from "./study.js";
 
 const app = document.getElementById("app");
 let current = null; // { dispose } of the view on screen
@@ -26,6 +27,8 @@ const routes = [
   [/^\/new$/, (m, p) => submitView(p)],
   [/^\/e\/([0-9a-f-]{36})$/, (m, p) => experimentView(m[1], p)],
   [/^\/compare$/, (m, p) => compareView(p)],
+  [/^\/studies$/, (m, p) => studyListView(p)],
+  [/^\/studies\/([0-9a-f-]{36})$/, (m, p) => studyView(m[1], p)],
 ];
 
 async function render() {
