@@ -90,6 +90,15 @@ class StepRecorder:
         self._rows.append(torch.stack([loss, correct, *stats.tensors()]))
         self._meta.append((step, epoch, time.time(), samples, learning_rate, logged))
 
+    def record_rows(
+        self, rows: list[torch.Tensor], meta: list[tuple[int, int, float, int, float, bool]]
+    ) -> None:
+        """Append steps measured elsewhere (a member's share of a fused step): one row
+        ``[loss, correct, *ClipStats.tensors()]`` and one ``(step, epoch, wall_time, samples,
+        learning_rate, logged)`` per step."""
+        self._rows.extend(rows)
+        self._meta.extend(meta)
+
     def drain(self) -> StepBlock:
         """Copy and decode everything pending, then clear. The host-device sync point."""
         rows, meta = self._rows, self._meta
