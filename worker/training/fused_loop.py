@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from worker.training.datasets import DataSplits
 from worker.training.fused_member import Member, MemberRun, Position
 from worker.training.fusion import NotFusableError, check_fusable
 from worker.training.loop import steps_per_epoch
@@ -42,7 +43,7 @@ class _Group:
         self._set_clipping()
         # Training data: one copy per distinct split (members with equal seeds share one).
         splits: dict[int, int] = {}
-        variants = []
+        variants: list[DataSplits] = []
         for r in runs:
             key = id(r.spec.data)
             if key not in splits:
@@ -167,7 +168,8 @@ def train_fused(
             ).to(device)
         last_flush = time.monotonic()
         for i in range(start_index, epoch_steps):
-            if len(group.rows) >= max_pending_steps or time.monotonic() - last_flush >= flush_every_s:
+            due = time.monotonic() - last_flush >= flush_every_s
+            if len(group.rows) >= max_pending_steps or due:
                 perms = flush(epoch, i, perms, epoch_end=False)
                 last_flush = time.monotonic()
                 if not group.runs:
@@ -199,7 +201,7 @@ def _step(
     params = group.model.parameters()
     for p in params:
         p.grad = None
-    losses.sum().backward()  # a sum: each member's gradient is its own loss's gradient
+    losses.sum().backward()  # type: ignore[no-untyped-call]  # a sum: each member's gradient is its own loss's gradient
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     tcfg = group.runs[0].spec.config.training
     logged = (step + 1) % tcfg.log_every_steps == 0

@@ -85,8 +85,9 @@ class MemberRun:
         )
         self.probe = torch.from_numpy(probe_inputs(data)).to(self.device)
         self.pending_act: list[tuple[int, int, float, torch.Tensor]] = []
-        self.run = RunProgress(self.recorder, self.spec.on_metrics, self.spec.should_stop,
-                               self._epoch_metrics)
+        self.run = RunProgress(
+            self.recorder, self.spec.on_metrics, self.spec.should_stop, self._epoch_metrics
+        )
         if self.spec.resume_from is not None:
             state = load_training_state(self.spec.resume_from, self.model)
             self.optimizer_state = state.optimizer["state"]

@@ -48,11 +48,10 @@ class StackedMLP:
         for name, layer in models[0].layer_items():
             solo = [m.layer_items()[len(self.layers)][1] for m in models]
 
-            def stack(get: str, solo: list[nn.Module] = solo) -> torch.Tensor | None:
-                first = _get(solo[0], get)
-                if first is None:
-                    return None
-                return torch.stack([_get(m, get).detach() for m in solo])  # type: ignore[union-attr]
+            def stack(get: str, solo: Sequence[nn.Module] = solo) -> torch.Tensor | None:
+                values = [_get(m, get) for m in solo]
+                present = [v.detach() for v in values if v is not None]
+                return torch.stack(present) if present else None
 
             self.layers.append(
                 StackedLayer(

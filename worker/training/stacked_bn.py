@@ -33,7 +33,7 @@ def member_view(value: Hyper, ndim: int) -> Hyper:
 
 class _StackedBatchNorm(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         z: torch.Tensor,
         gamma: torch.Tensor | None,
@@ -85,7 +85,7 @@ def stacked_batch_norm(
     epsilon: Hyper,
 ) -> torch.Tensor:
     """Training-mode BN of ``z`` ``[K, batch, C]``; γ, β, moving averages are ``[K, C]``."""
-    if z.shape[0] == 1 and not isinstance(decay, torch.Tensor) and not isinstance(epsilon, torch.Tensor):
+    if z.shape[0] == 1 and isinstance(decay, float) and isinstance(epsilon, float):
         # One member: torch's fused kernel, the solo engine's exact arithmetic and speed.
         out = torch.nn.functional.batch_norm(
             z[0],
@@ -98,7 +98,7 @@ def stacked_batch_norm(
             eps=epsilon,
         )
         return out.unsqueeze(0)
-    result: torch.Tensor = _StackedBatchNorm.apply(
+    result: torch.Tensor = _StackedBatchNorm.apply(  # type: ignore[no-untyped-call]
         z, gamma, beta, running_mean, running_var, decay, epsilon
     )
     return result

@@ -28,7 +28,8 @@ class ClipColumns:
         modes = {c.mode for c in configs}
         self.has_norm = "norm" in modes
         self.has_value = "value" in modes
-        self.width = n_params + (1 if self.has_norm else 0) + (2 * n_params if self.has_value else 0)
+        extra = (1 if self.has_norm else 0) + (2 * n_params if self.has_value else 0)
+        self.width = n_params + extra
 
     def member_columns(self, config: ClippingConfig, measured: bool) -> np.ndarray:
         """Indices (into a full row, ``loss`` and ``correct`` first) of a solo recorder's row."""

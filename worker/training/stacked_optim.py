@@ -30,6 +30,14 @@ def _scale(t: torch.Tensor, value: Hyper) -> torch.Tensor:
     return t * member_view(value, t.dim())
 
 
+def _buffer(buffers: list[torch.Tensor | None], i: int, like: torch.Tensor) -> torch.Tensor:
+    """``buffers[i]``, created as zeros the first time (as torch does)."""
+    buf = buffers[i]
+    if buf is None:
+        buf = buffers[i] = torch.zeros_like(like)
+    return buf
+
+
 class StackedOptimizer:
     def __init__(self, params: list[torch.Tensor], configs: Sequence[OptimizerConfig]) -> None:
         self.kind = configs[0].name
@@ -46,7 +54,7 @@ class StackedOptimizer:
         self.lr = member_hyper([c.learning_rate for c in self.configs], device)
         self.momentum = member_hyper([c.momentum for c in self.configs], device)
         self.weight_decay = member_hyper([c.weight_decay for c in self.configs], device)
-        self.neg_lr = -self.lr if isinstance(self.lr, float) else -self.lr
+        self.neg_lr = -self.lr
 
     def _buffers(self) -> list[str]:
         """State keys a solo optimizer of this kind keeps (per member: see ``member_state``)."""
@@ -110,9 +118,7 @@ class StackedOptimizer:
         lr = self.lr
         neg_step = -lr / bias_correction1
         for i, (p, g) in enumerate(zip(self.params, grads, strict=True)):
-            avg = avgs[i] if avgs[i] is not None else torch.zeros_like(p)
-            sq = sqs[i] if sqs[i] is not None else torch.zeros_like(p)
-            avgs[i], sqs[i] = avg, sq
+            avg, sq = _buffer(avgs, i, p), _buffer(sqs, i, p)
             avg.lerp_(g, 1 - beta1)
             sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
             denom = (sq.sqrt() / bias_correction2_sqrt).add_(ADAM_EPS)
@@ -127,13 +133,11 @@ class StackedOptimizer:
         bufs = self.state.setdefault("momentum_buffer", [None] * len(grads)) if use_buffer else []
         m = self.momentum
         for i, (p, g) in enumerate(zip(self.params, grads, strict=True)):
-            sq = sqs[i] if sqs[i] is not None else torch.zeros_like(p)
-            sqs[i] = sq
+            sq = _buffer(sqs, i, p)
             sq.mul_(RMSPROP_ALPHA).addcmul_(g, g, value=1 - RMSPROP_ALPHA)
             avg = sq.sqrt().add_(RMSPROP_EPS)
             if use_buffer:
-                buf = bufs[i] if bufs[i] is not None else torch.zeros_like(p)
-                bufs[i] = buf
+                buf = _buffer(bufs, i, p)
                 buf.mul_(member_view(m, buf.dim())).addcdiv_(g, avg)
                 self._update(p, buf)
             elif isinstance(self.lr, float):

@@ -1,0 +1,83 @@
+"""Stacked pieces against their solo counterparts: BN, the model's views, clipping columns."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.training.support import make_config
+from worker.training.batchnorm import TFBatchNorm
+from worker.training.model import MLP
+from worker.training.stacked import StackedMLP
+from worker.training.stacked_bn import stacked_batch_norm
+
+
+def _stack(params: list[torch.Tensor | None]) -> torch.Tensor:
+    return torch.stack([p.detach() for p in params if p is not None]).double().requires_grad_()
+
+
+@pytest.mark.parametrize("affine", [(True, False), (True, True), (False, True), (False, False)])
+def test_stacked_batch_norm_equals_tf_batch_norm_per_member(affine: tuple[bool, bool]) -> None:
+    center, scale = affine
+    torch.manual_seed(0)
+    decays, epsilons = [0.99, 0.9, 0.5], [1e-3, 1e-2, 1e-5]
+    solo = [
+        TFBatchNorm(6, decay=d, epsilon=e, center=center, scale=scale)
+        for d, e in zip(decays, epsilons, strict=True)
+    ]
+    for bn in solo:
+        for p in bn.parameters():
+            p.data.normal_()
+    z = torch.randn(3, 20, 6, dtype=torch.float64, requires_grad=True)
+    gamma = _stack([bn.gamma for bn in solo]) if scale else None
+    beta = _stack([bn.beta for bn in solo]) if center else None
+    rm, rv = torch.zeros(3, 6, dtype=torch.float64), torch.ones(3, 6, dtype=torch.float64)
+    out = stacked_batch_norm(
+        z, gamma, beta, rm, rv, torch.tensor(decays).double(), torch.tensor(epsilons).double()
+    )
+    weights = torch.randn_like(out)
+    (out * weights).sum().backward()
+    for k, bn in enumerate(solo):
+        bn.double()
+        zk = z.detach()[k].clone().requires_grad_()
+        ok = bn(zk)
+        (ok * weights[k]).sum().backward()
+        torch.testing.assert_close(out[k], ok)
+        assert z.grad is not None and zk.grad is not None
+        torch.testing.assert_close(z.grad[k], zk.grad)
+        if scale:
+            assert gamma is not None and gamma.grad is not None and bn.gamma is not None
+            torch.testing.assert_close(gamma.grad[k], bn.gamma.grad)
+        if center:
+            assert beta is not None and beta.grad is not None and bn.beta is not None
+            torch.testing.assert_close(beta.grad[k], bn.beta.grad)
+        torch.testing.assert_close(rm[k], bn.running_mean)
+        torch.testing.assert_close(rv[k], bn.running_var)
+
+
+def test_member_models_view_the_stack_and_freeze_when_dropped() -> None:
+    cfgs = [make_config({"training": {"seed": s}}) for s in range(3)]
+    models = []
+    for c in cfgs:
+        torch.manual_seed(c.training.seed)
+        models.append(MLP(c.model, 64, 10))
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]
+    stacked = StackedMLP(models)
+    for m, state in zip(models, before, strict=True):  # same values, now views
+        for k, v in m.state_dict().items():
+            assert torch.equal(v, state[k])
+    with torch.no_grad():
+        stacked.layers[0].weight.add_(1.0)
+    frozen = before[1]["layers.hidden1.linear.weight"] + 1
+    assert torch.equal(models[1].layers["hidden1"].linear.weight, frozen)
+    stacked.keep([0, 2])
+    with torch.no_grad():
+        stacked.layers[0].weight.add_(1.0)
+    frozen = before[1]["layers.hidden1.linear.weight"] + 1
+    assert torch.equal(models[1].layers["hidden1"].linear.weight, frozen)
+    torch.testing.assert_close(
+        models[2].layers["hidden1"].linear.weight.detach(),
+        before[2]["layers.hidden1.linear.weight"] + 1 + 1,
+    )
+    x = torch.randn(2, 5, 64)
+    assert stacked.forward(x).shape == (2, 5, 10)
