@@ -48,6 +48,8 @@ class TrainSummary(BaseModel):
     max_grad_norm: JsonFloat | None = None
     max_grad_norm_step: int | None = None
     mean_clip_fraction: JsonFloat | None = None
+    # How the training step ran on CUDA: "cuda_graph", or "eager: <why not captured>".
+    step_mode: str | None = None
 
 
 @dataclass

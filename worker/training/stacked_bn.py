@@ -44,9 +44,13 @@ class _StackedBatchNorm(torch.autograd.Function):
         epsilon: Hyper,
     ) -> torch.Tensor:
         n = z.shape[1]
-        var, mean = torch.var_mean(z, dim=1, keepdim=True, correction=0)
+        # Two passes (mean, then the mean of squared deviations), as torch's CPU kernel does;
+        # also far faster than var_mean's Welford reduction over a middle dimension.
+        mean = z.mean(dim=1, keepdim=True)
+        centered = z - mean
+        var = (centered * centered).mean(dim=1, keepdim=True)
         rstd = torch.rsqrt(var + member_view(epsilon, 3))
-        xhat = (z - mean) * rstd
+        xhat = centered * rstd
         out = xhat if gamma is None else xhat * gamma.unsqueeze(1)
         if beta is not None:
             out = out + beta.unsqueeze(1)

@@ -55,14 +55,17 @@ class StackedOptimizer:
         self.momentum = member_hyper([c.momentum for c in self.configs], device)
         self.weight_decay = member_hyper([c.weight_decay for c in self.configs], device)
         self.neg_lr = -self.lr
+        # Decided here, once: reading a device tensor inside the step would be a host sync.
+        self.use_momentum = self._any(self.momentum)
+        self.use_weight_decay = self._any(self.weight_decay)
 
     def _buffers(self) -> list[str]:
         """State keys a solo optimizer of this kind keeps (per member: see ``member_state``)."""
         if self.kind in ("sgd", "momentum"):
-            return ["momentum_buffer"] if self._any(self.momentum) else []
+            return ["momentum_buffer"] if self.use_momentum else []
         if self.kind == "adam":
             return ["exp_avg", "exp_avg_sq"]
-        return ["square_avg", *(["momentum_buffer"] if self._any(self.momentum) else [])]
+        return ["square_avg", *(["momentum_buffer"] if self.use_momentum else [])]
 
     @staticmethod
     def _any(value: Hyper) -> bool:
@@ -71,7 +74,7 @@ class StackedOptimizer:
     @torch.no_grad()
     def step(self, grads: list[torch.Tensor]) -> None:
         self.steps += 1
-        if self._any(self.weight_decay):
+        if self.use_weight_decay:
             wd = self.weight_decay
             if isinstance(wd, float):
                 grads = [g.add(p, alpha=wd) for g, p in zip(grads, self.params, strict=True)]
@@ -92,7 +95,7 @@ class StackedOptimizer:
             p.add_(_scale(direction, self.neg_lr))
 
     def _sgd(self, grads: list[torch.Tensor]) -> None:
-        use_buffer = self._any(self.momentum)
+        use_buffer = self.use_momentum
         bufs = self.state.setdefault("momentum_buffer", [None] * len(grads)) if use_buffer else []
         m = self.momentum
         for i, (p, g) in enumerate(zip(self.params, grads, strict=True)):
@@ -129,7 +132,7 @@ class StackedOptimizer:
 
     def _rmsprop(self, grads: list[torch.Tensor]) -> None:
         sqs = self.state.setdefault("square_avg", [None] * len(grads))
-        use_buffer = self._any(self.momentum)
+        use_buffer = self.use_momentum
         bufs = self.state.setdefault("momentum_buffer", [None] * len(grads)) if use_buffer else []
         m = self.momentum
         for i, (p, g) in enumerate(zip(self.params, grads, strict=True)):

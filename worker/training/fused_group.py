@@ -1,0 +1,117 @@
+"""The active members of a fused group: stacked model, optimizer, clipping, data, pending rows.
+
+``step_row`` is the fused step itself (forward, backward, clipping, optimizer) returning the
+step's ``[K, 2 + width]`` metrics row on the device; the loop either appends it to ``rows``
+(eager) or lets ``graph_step.StaticStep`` write it into a preallocated buffer (capturable).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from worker.training.datasets import DataSplits
+from worker.training.fused_member import MemberRun
+from worker.training.stacked import StackedMLP
+from worker.training.stacked_clip import ClipColumns, StackedClipper
+from worker.training.stacked_optim import StackedOptimizer
+
+_Meta = tuple[int, int, float, int, bool]  # step, epoch, wall time, samples, logged
+
+
+class Group:
+    """The active members and their stacked state, in slot order."""
+
+    def __init__(self, runs: list[MemberRun], step: int, device: torch.device) -> None:
+        self.runs, self.device = runs, device
+        self.model = StackedMLP([r.model for r in runs])
+        self.optimizer = StackedOptimizer(
+            self.model.parameters(), [r.spec.config.optimizer for r in runs]
+        )
+        self.optimizer.load_member_states([r.optimizer_state for r in runs], step)
+        self._set_clipping()
+        # Training data: one copy per distinct split (members with equal seeds share one).
+        splits: dict[int, int] = {}
+        variants: list[DataSplits] = []
+        for r in runs:
+            key = id(r.spec.data)
+            if key not in splits:
+                splits[key] = len(variants)
+                variants.append(r.spec.data)
+        self.x = torch.stack([torch.from_numpy(d.x_train) for d in variants]).to(device)
+        self.y = torch.stack([torch.from_numpy(d.y_train) for d in variants]).to(device)
+        self.variant = torch.tensor([splits[id(r.spec.data)] for r in runs], device=device)
+        self.rows: list[torch.Tensor] = []
+        self.meta: list[_Meta] = []
+
+    def _set_clipping(self) -> None:
+        clipping = [r.spec.config.clipping for r in self.runs]
+        self.clipper = StackedClipper(clipping, self.device)
+        self.columns = ClipColumns(clipping, len(self.model.parameters()))
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and labels ``[K, batch, …]`` of the samples ``idx`` ``[K, batch]``."""
+        if self.x.shape[0] == 1:
+            return self.x[0][idx], self.y[0][idx]
+        v = self.variant.unsqueeze(1)
+        return self.x[v, idx], self.y[v, idx]
+
+    @property
+    def pending(self) -> int:
+        return len(self.meta)
+
+    def deliver(self, rows: torch.Tensor | None = None) -> None:
+        """Copy the pending rows (``rows``, else the eager ``self.rows``) to the host in one go
+        and give each member its columns."""
+        if not self.meta:
+            return
+        stacked = rows if rows is not None else torch.stack(self.rows)
+        values = stacked.to("cpu", torch.float64).numpy()  # [n, K, 2 + width]
+        logged = np.array([m[4] for m in self.meta], dtype=bool)
+        for slot, run in enumerate(self.runs):
+            clipping = run.spec.config.clipping
+            cols = {flag: self.columns.member_columns(clipping, flag) for flag in (True, False)}
+            mine = values[:, slot, :]
+            if np.array_equal(cols[True], cols[False]):
+                rows = list(torch.from_numpy(np.ascontiguousarray(mine[:, cols[True]])).unbind(0))
+            else:
+                rows = [torch.from_numpy(mine[i, cols[bool(f)]]) for i, f in enumerate(logged)]
+            lr = run.learning_rate
+            run.recorder.record_rows(rows, [(s, e, w, n, lr, f) for s, e, w, n, f in self.meta])
+        self.rows, self.meta = [], []
+
+    def keep_active(self, perms: torch.Tensor) -> torch.Tensor:
+        """Drop stopped members from the stack; return the kept members' permutations."""
+        slots = [s for s, r in enumerate(self.runs) if r.status is None]
+        if len(slots) == len(self.runs):
+            return perms
+        self.runs = [self.runs[s] for s in slots]
+        if not slots:
+            return perms[:0]
+        self.model.keep(slots)
+        self.optimizer.keep(slots, self.model.parameters())
+        self._set_clipping()
+        index = torch.tensor(slots, device=self.device)
+        self.variant = self.variant.index_select(0, index)
+        return perms.index_select(0, index)
+
+
+def step_row(group: Group, xb: torch.Tensor, yb: torch.Tensor, logged: bool) -> torch.Tensor:
+    """One optimizer step of every active member; its metrics row. No host sync."""
+    logits = group.model.forward(xb)
+    if logits.shape[0] == 1:  # one member: the solo engine's loss op
+        losses = F.cross_entropy(logits[0], yb[0]).unsqueeze(0)
+    else:
+        per_sample = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none")
+        losses = per_sample.view(logits.shape[0], -1).mean(dim=1)
+    params = group.model.parameters()
+    for p in params:
+        p.grad = None
+    # A sum, not a mean: each member's gradient is exactly its own loss's gradient.
+    losses.sum().backward()  # type: ignore[no-untyped-call]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    stats = group.clipper.clip(grads, measure=logged)
+    group.optimizer.step(grads)
+    correct = (logits.detach().argmax(dim=2) == yb).sum(dim=1, dtype=logits.dtype)
+    return torch.cat([losses.detach().unsqueeze(1), correct.unsqueeze(1), stats], dim=1)
