@@ -65,8 +65,11 @@ def member_configs(net: str, k: int, steps: int, device: str) -> list[Experiment
         member = {
             **raw,
             "optimizer": {"learning_rate": 0.01 * (1 + i % 8)},
-            "training": {**raw["training"], "max_steps": steps,
-                         "seed": i if net == "digits" else 0},
+            "training": {
+                **raw["training"],
+                "max_steps": steps,
+                "seed": i if net == "digits" else 0,
+            },
             "resources": {"device": device},
         }
         out.append(build_config(member, preset=preset))
@@ -132,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
                     _sync(device)
                     times[name].append(time.perf_counter() - t0)
             s, f = statistics.median(times["solo"]), statistics.median(times["fused"])
-            runs = " ".join(f"{t:.2f}" for t in times["solo"]) + " | " + " ".join(
-                f"{t:.2f}" for t in times["fused"]
+            runs = (
+                " ".join(f"{t:.2f}" for t in times["solo"])
+                + " | "
+                + " ".join(f"{t:.2f}" for t in times["fused"])
             )
             print(f"{net:<9} {k:>3} {s:>8.2f} {f:>8.2f} {s / f:>7.2f}x  {runs}", flush=True)
     print("(seconds: medians of the runs for all K members; speed-up = solo / fused)")

@@ -73,12 +73,19 @@ class Group:
             clipping = run.spec.config.clipping
             cols = {flag: self.columns.member_columns(clipping, flag) for flag in (True, False)}
             mine = values[:, slot, :]
+            member_rows: list[torch.Tensor]
             if np.array_equal(cols[True], cols[False]):
-                rows = list(torch.from_numpy(np.ascontiguousarray(mine[:, cols[True]])).unbind(0))
+                member_rows = list(
+                    torch.from_numpy(np.ascontiguousarray(mine[:, cols[True]])).unbind(0)
+                )
             else:
-                rows = [torch.from_numpy(mine[i, cols[bool(f)]]) for i, f in enumerate(logged)]
+                member_rows = [
+                    torch.from_numpy(mine[i, cols[bool(f)]]) for i, f in enumerate(logged)
+                ]
             lr = run.learning_rate
-            run.recorder.record_rows(rows, [(s, e, w, n, lr, f) for s, e, w, n, f in self.meta])
+            run.recorder.record_rows(
+                member_rows, [(s, e, w, n, lr, f) for s, e, w, n, f in self.meta]
+            )
         self.rows, self.meta = [], []
 
     def keep_active(self, perms: torch.Tensor) -> torch.Tensor:

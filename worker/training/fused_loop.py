@@ -62,7 +62,6 @@ def train_fused(
     every_k = tcfg.activation_stats_every_steps
     use_static = device.type == "cuda" if static_step is None else static_step
     static: StaticStep | None = None
-    modes: list[str] = []
 
     def flush(epoch: int, index: int, perms: torch.Tensor, epoch_end: bool) -> torch.Tensor:
         group.deliver(static.take_rows(group.pending) if static is not None else None)
@@ -100,7 +99,7 @@ def train_fused(
                 [torch.randperm(n_train, generator=r.shuffle_gen) for r in group.runs]
             ).to(device)
         if use_static:
-            static = _static_for(static, group, perms, bs, max_pending_steps, modes)
+            static = _static_for(static, group, perms, bs, max_pending_steps)
             static.start_epoch(perms, start_index)
         last_flush = time.monotonic()
         for i in range(start_index, epoch_steps):
@@ -111,7 +110,7 @@ def train_fused(
                 if not group.runs:
                     break
                 if static is not None and static.perms.shape[0] != len(group.runs):
-                    static = _static_for(None, group, perms, bs, max_pending_steps, modes)
+                    static = _static_for(None, group, perms, bs, max_pending_steps)
                     static.start_epoch(perms, i)
             lo, hi = i * bs, min((i + 1) * bs, n_train)
             logged = (step + 1) % tcfg.log_every_steps == 0
@@ -134,9 +133,9 @@ def train_fused(
         run.stop("succeeded", step)
     results = [run.result(started) for run in runs]
     if device.type == "cuda":
-        mode = "; ".join(dict.fromkeys(m.mode for m in ([static] if static else []))) or "eager"
+        # The last step object's mode (a failed capture turns it to "eager: …").
         for result in results:
-            result.summary.step_mode = modes[-1] if modes else mode
+            result.summary.step_mode = static.mode if static is not None else "eager"
     return results
 
 
@@ -146,7 +145,6 @@ def _static_for(
     perms: torch.Tensor,
     batch_size: int,
     capacity: int,
-    modes: list[str],
 ) -> StaticStep:
     """``static`` if it still fits the group, else a new one (the group shrank: recapture)."""
     if static is not None and static.perms.shape[0] == len(group.runs):
@@ -154,5 +152,4 @@ def _static_for(
     static = StaticStep(group, perms, batch_size, capacity)
     if static.reason is not None and group.device.type == "cuda":
         log.warning("fused step runs eagerly: %s", static.reason)
-    modes.append(static.mode)
     return static

@@ -76,7 +76,7 @@ class StaticStep:
         graph = self.graphs.get(logged)
         if graph is None and self.eager_steps < WARMUP_STEPS:
             self.eager_steps += 1
-            stream = torch.cuda.Stream()
+            stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 self._body(logged)
