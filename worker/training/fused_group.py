@@ -7,14 +7,18 @@ step's ``[K, 2 + width]`` metrics row on the device; the loop either appends it 
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from worker.training.datasets import DataSplits
+from worker.training.evaluation import activation_percentiles
 from worker.training.fused_member import MemberRun
 from worker.training.stacked import StackedMLP
 from worker.training.stacked_clip import ClipColumns, StackedClipper
+from worker.training.stacked_eval import stacked_percentiles
 from worker.training.stacked_optim import StackedOptimizer
 
 _Meta = tuple[int, int, float, int, bool]  # step, epoch, wall time, samples, logged
@@ -42,6 +46,11 @@ class Group:
         self.x = torch.stack([torch.from_numpy(d.x_train) for d in variants]).to(device)
         self.y = torch.stack([torch.from_numpy(d.y_train) for d in variants]).to(device)
         self.variant = torch.tensor([splits[id(r.spec.data)] for r in runs], device=device)
+        # Each split's probe inputs for the activation percentiles (equal lengths: one dataset).
+        probes = {id(r.spec.data): r.probe for r in runs}
+        self.probes = torch.stack([probes[id(d)] for d in variants])
+        # Percentiles measured every K steps: (step, epoch, wall time, [K, layers, 3]).
+        self.pending_act: list[tuple[int, int, float, torch.Tensor]] = []
         self.rows: list[torch.Tensor] = []
         self.meta: list[_Meta] = []
 
@@ -87,6 +96,32 @@ class Group:
                 member_rows, [(s, e, w, n, lr, f) for s, e, w, n, f in self.meta]
             )
         self.rows, self.meta = [], []
+
+    def measure_activations(self, step: int, epoch: int) -> None:
+        """Every member's percentiles now (on the device, no sync)."""
+        self.pending_act.append((step, epoch, time.time(), self.percentiles()))
+
+    def percentiles(self) -> torch.Tensor:
+        if len(self.runs) == 1:  # the solo engine's own function: exactly its values
+            run = self.runs[0]
+            return activation_percentiles(run.model, run.probe).unsqueeze(0)
+        if self.probes.shape[0] == 1:
+            probe = self.probes.expand(len(self.runs), -1, -1)
+        else:
+            probe = self.probes.index_select(0, self.variant)
+        return stacked_percentiles(self.model, probe)
+
+    def hand_out_activations(self, epoch_end: bool) -> None:
+        """Give each member its share of the pending (and, at an epoch end, this epoch's)
+        percentiles, before the members flush."""
+        for s, e, w, values in self.pending_act:
+            for slot, run in enumerate(self.runs):
+                run.pending_act.append((s, e, w, values[slot]))
+        self.pending_act = []
+        if epoch_end:
+            values = self.percentiles()
+            for slot, run in enumerate(self.runs):
+                run.epoch_act = values[slot]
 
     def keep_active(self, perms: torch.Tensor) -> torch.Tensor:
         """Drop stopped members from the stack; return the kept members' permutations."""

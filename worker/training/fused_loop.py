@@ -65,6 +65,7 @@ def train_fused(
 
     def flush(epoch: int, index: int, perms: torch.Tensor, epoch_end: bool) -> torch.Tensor:
         group.deliver(static.take_rows(group.pending) if static is not None else None)
+        group.hand_out_activations(epoch_end)
         elapsed = time.perf_counter() - started
         for slot, run in enumerate(group.runs):
             status = run.run.flush(
@@ -123,8 +124,7 @@ def train_fused(
             step += 1
             group.meta.append((step, epoch, time.time(), hi - lo, logged))
             if every_k is not None and step % every_k == 0 and i != epoch_steps - 1:
-                for run in group.runs:
-                    run.measure_activations(step, epoch)
+                group.measure_activations(step, epoch)
         if not group.runs:
             break
         perms = flush(epoch, epoch_steps, perms, epoch_end=True)

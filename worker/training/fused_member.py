@@ -85,6 +85,8 @@ class MemberRun:
         )
         self.probe = torch.from_numpy(probe_inputs(data)).to(self.device)
         self.pending_act: list[tuple[int, int, float, torch.Tensor]] = []
+        # This epoch's percentiles when the group measured them for all members at once.
+        self.epoch_act: torch.Tensor | None = None
         self.run = RunProgress(
             self.recorder, self.spec.on_metrics, self.spec.should_stop, self._epoch_metrics
         )
@@ -106,15 +108,13 @@ class MemberRun:
     ) -> _Evaluated:
         # The solo loop's epoch evaluation, on this member's (unstacked view) model.
         evals = evaluate(self.model, self.spec.data, self.device)
-        act = activation_percentiles(self.model, self.probe).cpu().numpy()
+        if self.epoch_act is None:
+            self.epoch_act = activation_percentiles(self.model, self.probe)
+        act, self.epoch_act = self.epoch_act.cpu().numpy(), None
         return evals, [
             *epoch_points(self.model, evals, train_stats, at_step, epoch),
             *activation_points(self.model, act, at_step, epoch, time.time()),
         ]
-
-    def measure_activations(self, step: int, epoch: int) -> None:
-        percentiles = activation_percentiles(self.model, self.probe)
-        self.pending_act.append((step, epoch, time.time(), percentiles))
 
     def take_act_points(self) -> list[MetricPoint]:
         if not self.pending_act:

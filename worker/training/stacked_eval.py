@@ -1,0 +1,64 @@
+"""Activation percentiles of all members at once (``act/<layer>/p15|p50|p85``).
+
+The solo ``evaluation.activation_percentiles`` runs one eval-mode forward per member and sorts
+each layer's pre-activations (``torch.quantile``); here one batched eval-mode forward serves all
+members, and each percentile is read with ``kthvalue`` (a selection, not a sort) at the ranks
+``torch.quantile`` uses, interpolated the same way: the same values, several times cheaper.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from worker.training.evaluation import PERCENTILES
+from worker.training.stacked import StackedMLP, _linear
+from worker.training.stacked_bn import member_view
+
+
+@torch.no_grad()
+def stacked_percentiles(model: StackedMLP, probe: torch.Tensor) -> torch.Tensor:
+    """``[K, n_layers, 3]`` percentiles of each member's pre-activations on its probe inputs
+    ``probe`` ``[K, n, features]``, with BN on its moving averages. No host sync."""
+    rows, x = [], probe
+    for layer, eps in zip(model.layers, model._epsilon, strict=True):
+        z = _linear(x, layer.weight, layer.bias)
+        if layer.running_mean is not None and layer.bn_first:
+            z = _eval_bn(z, layer.running_mean, layer.running_var, layer.gamma, layer.beta, eps)
+        rows.append(_percentiles(z.flatten(1)))
+        x = layer.activation(z)
+        if layer.running_mean is not None and not layer.bn_first:
+            x = _eval_bn(x, layer.running_mean, layer.running_var, layer.gamma, layer.beta, eps)
+    return torch.stack(rows, dim=1)
+
+
+def _eval_bn(
+    z: torch.Tensor,
+    mean: torch.Tensor,
+    var: torch.Tensor | None,
+    gamma: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    eps: float | torch.Tensor,
+) -> torch.Tensor:
+    assert var is not None
+    out = (z - mean.unsqueeze(1)) * torch.rsqrt(var.unsqueeze(1) + member_view(eps, 3))
+    if gamma is not None:
+        out = out * gamma.unsqueeze(1)
+    if beta is not None:
+        out = out + beta.unsqueeze(1)
+    return out
+
+
+def _percentiles(flat: torch.Tensor) -> torch.Tensor:
+    """``[K, 3]``: torch.quantile's linear interpolation of each row, via ``kthvalue``."""
+    n = flat.shape[1]
+    out = []
+    for _, q in PERCENTILES:
+        rank = np.float32(q) * np.float32(n - 1)  # torch.quantile's float32 rank
+        below, above = int(np.floor(rank)), int(np.ceil(rank))
+        lo = torch.kthvalue(flat, below + 1, dim=1).values
+        hi = lo if above == below else torch.kthvalue(flat, above + 1, dim=1).values
+        out.append(torch.lerp(lo, hi, float(rank - np.float32(below))))
+    result = torch.stack(out, dim=1)
+    # torch.quantile gives NaN for a row holding a NaN; kthvalue would not.
+    return torch.where(flat.isnan().any(dim=1, keepdim=True), float("nan"), result)
