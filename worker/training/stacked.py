@@ -80,7 +80,7 @@ class StackedMLP:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Training-mode logits ``[K, batch, classes]`` for inputs ``[K, batch, features]``."""
         for layer, decay, eps in zip(self.layers, self._decay, self._epsilon, strict=True):
-            z = _linear(x, layer.weight, layer.bias)
+            z = linear(x, layer.weight, layer.bias)
             if layer.running_mean is not None and layer.bn_first:
                 z = self._bn(z, layer, decay, eps)
             x = layer.activation(z)
@@ -137,7 +137,7 @@ class StackedMLP:
             self._epsilon.append(member_hyper(epsilons, self.device))
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     if x.shape[0] == 1:  # one member: the solo engine's addmm, same arithmetic
         return F.linear(x[0], weight[0], None if bias is None else bias[0]).unsqueeze(0)
     if bias is None:

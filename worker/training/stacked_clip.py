@@ -94,8 +94,6 @@ class StackedClipper:
                 cols.append(norms.new_zeros(norms.shape[0], 2 * norms.shape[1]))
         return torch.cat(cols, dim=1)
 
-    def keep(self, slots: Sequence[int], device: torch.device) -> None:
-        self.__init__([self.configs[s] for s in slots], device)  # type: ignore[misc]
 
 
 def _member_norms(grads: list[torch.Tensor]) -> torch.Tensor:

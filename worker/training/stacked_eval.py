@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from worker.training.evaluation import PERCENTILES
-from worker.training.stacked import StackedMLP, _linear
+from worker.training.stacked import StackedMLP, linear
 from worker.training.stacked_bn import member_view
 
 
@@ -22,7 +22,7 @@ def stacked_percentiles(model: StackedMLP, probe: torch.Tensor) -> torch.Tensor:
     ``probe`` ``[K, n, features]``, with BN on its moving averages. No host sync."""
     rows, x = [], probe
     for layer, eps in zip(model.layers, model._epsilon, strict=True):
-        z = _linear(x, layer.weight, layer.bias)
+        z = linear(x, layer.weight, layer.bias)
         if layer.running_mean is not None and layer.bn_first:
             z = _eval_bn(z, layer.running_mean, layer.running_var, layer.gamma, layer.beta, eps)
         rows.append(_percentiles(z.flatten(1)))
