@@ -7,9 +7,11 @@ import torch
 
 from tests.training.support import make_config
 from worker.training.batchnorm import TFBatchNorm
+from worker.training.evaluation import PERCENTILES
 from worker.training.model import MLP
 from worker.training.stacked import StackedMLP
 from worker.training.stacked_bn import stacked_batch_norm
+from worker.training.stacked_eval import _percentiles
 
 
 def _stack(params: list[torch.Tensor | None]) -> torch.Tensor:
@@ -81,3 +83,14 @@ def test_member_models_view_the_stack_and_freeze_when_dropped() -> None:
     )
     x = torch.randn(2, 5, 64)
     assert stacked.forward(x).shape == (2, 5, 10)
+
+
+@pytest.mark.parametrize("n", [7, 1001, 18_000])
+def test_stacked_percentiles_equal_torch_quantile_exactly(n: int) -> None:
+    torch.manual_seed(n)
+    rows = torch.randn(3, n)
+    rows[1, n // 2] = float("nan")  # quantile gives NaN for such a row
+    q = torch.tensor([p for _, p in PERCENTILES])
+    expected = torch.stack([torch.quantile(r, q) for r in rows])
+    assert torch.equal(_percentiles(rows)[[0, 2]], expected[[0, 2]])
+    assert _percentiles(rows)[1].isnan().all() and expected[1].isnan().all()

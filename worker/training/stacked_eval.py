@@ -2,8 +2,9 @@
 
 The solo ``evaluation.activation_percentiles`` runs one eval-mode forward per member and sorts
 each layer's pre-activations (``torch.quantile``); here one batched eval-mode forward serves all
-members, and each percentile is read with ``kthvalue`` (a selection, not a sort) at the ranks
-``torch.quantile`` uses, interpolated the same way: the same values, several times cheaper.
+members, and each percentile is read from order statistics (a selection, not a sort: numpy's
+``partition`` on the CPU, ``kthvalue`` on CUDA) at the ranks ``torch.quantile`` uses,
+interpolated the same way: the same values, several times cheaper.
 """
 
 from __future__ import annotations
@@ -50,15 +51,22 @@ def _eval_bn(
 
 
 def _percentiles(flat: torch.Tensor) -> torch.Tensor:
-    """``[K, 3]``: torch.quantile's linear interpolation of each row, via ``kthvalue``."""
+    """``[K, 3]``: torch.quantile's linear interpolation of each row, from order statistics."""
     n = flat.shape[1]
-    out = []
-    for _, q in PERCENTILES:
-        rank = np.float32(q) * np.float32(n - 1)  # torch.quantile's float32 rank
-        below, above = int(np.floor(rank)), int(np.ceil(rank))
-        lo = torch.kthvalue(flat, below + 1, dim=1).values
-        hi = lo if above == below else torch.kthvalue(flat, above + 1, dim=1).values
-        out.append(torch.lerp(lo, hi, float(rank - np.float32(below))))
+    ranks = [np.float32(q) * np.float32(n - 1) for _, q in PERCENTILES]  # quantile's float32
+    below = [int(np.floor(r)) for r in ranks]
+    above = [int(np.ceil(r)) for r in ranks]
+    kth = sorted(set(below + above))
+    if flat.device.type == "cpu":
+        # One partition finds all six order statistics (kthvalue would select six times).
+        parts = np.partition(flat.numpy(), kth, axis=1)
+        stats = {k: torch.from_numpy(np.ascontiguousarray(parts[:, k])) for k in kth}
+    else:
+        stats = {k: torch.kthvalue(flat, k + 1, dim=1).values for k in kth}
+    out = [
+        torch.lerp(stats[lo], stats[hi], float(r - np.float32(lo)))
+        for r, lo, hi in zip(ranks, below, above, strict=True)
+    ]
     result = torch.stack(out, dim=1)
-    # torch.quantile gives NaN for a row holding a NaN; kthvalue would not.
+    # torch.quantile gives NaN for a row holding a NaN; a selection would not.
     return torch.where(flat.isnan().any(dim=1, keepdim=True), float("nan"), result)
