@@ -18,7 +18,7 @@ from worker.training.evaluation import activation_percentiles
 from worker.training.fused_member import MemberRun
 from worker.training.stacked import StackedMLP
 from worker.training.stacked_clip import ClipColumns, StackedClipper
-from worker.training.stacked_eval import stacked_percentiles
+from worker.training.stacked_eval import stacked_evaluate, stacked_percentiles
 from worker.training.stacked_optim import StackedOptimizer
 
 _Meta = tuple[int, int, float, int, bool]  # step, epoch, wall time, samples, logged
@@ -47,6 +47,19 @@ class Group:
         self.y = torch.stack([torch.from_numpy(d.y_train) for d in variants]).to(device)
         self.variant = torch.tensor([splits[id(r.spec.data)] for r in runs], device=device)
         # Each split's probe inputs for the activation percentiles (equal lengths: one dataset).
+        # Validation and test splits, stacked like the training data (for stacked_evaluate).
+        self.evals = {
+            name: (
+                torch.stack([torch.from_numpy(getattr(d, f"x_{name}")) for d in variants]).to(
+                    device
+                ),
+                torch.stack([torch.from_numpy(getattr(d, f"y_{name}")) for d in variants]).to(
+                    device
+                ),
+            )
+            for name in ("val", "test")
+            if len(getattr(variants[0], f"y_{name}"))
+        }
         probes = {id(r.spec.data): r.probe for r in runs}
         self.probes = torch.stack([probes[id(d)] for d in variants])
         # Percentiles measured every K steps: (step, epoch, wall time, [K, layers, 3]).
@@ -105,11 +118,7 @@ class Group:
         if len(self.runs) == 1:  # the solo engine's own function: exactly its values
             run = self.runs[0]
             return activation_percentiles(run.model, run.probe).unsqueeze(0)
-        if self.probes.shape[0] == 1:
-            probe = self.probes.expand(len(self.runs), -1, -1)
-        else:
-            probe = self.probes.index_select(0, self.variant)
-        return stacked_percentiles(self.model, probe)
+        return stacked_percentiles(self.model, self._per_member(self.probes))
 
     def hand_out_activations(self, epoch_end: bool) -> None:
         """Give each member its share of the pending (and, at an epoch end, this epoch's)
@@ -118,10 +127,21 @@ class Group:
             for slot, run in enumerate(self.runs):
                 run.pending_act.append((s, e, w, values[slot]))
         self.pending_act = []
-        if epoch_end:
+        if epoch_end and len(self.runs) > 1:  # (one member: the solo functions, exactly)
             values = self.percentiles()
+            evals: dict[str, list[tuple[float, float]]] = {
+                name: stacked_evaluate(self.model, self._per_member(x), self._per_member(y))
+                for name, (x, y) in self.evals.items()
+            }
             for slot, run in enumerate(self.runs):
                 run.epoch_act = values[slot]
+                run.epoch_evals = {name: pairs[slot] for name, pairs in evals.items()}
+
+    def _per_member(self, stacked: torch.Tensor) -> torch.Tensor:
+        """``stacked`` (one entry per distinct split) as one entry per active member."""
+        if stacked.shape[0] == 1:
+            return stacked.expand(len(self.runs), *stacked.shape[1:])
+        return stacked.index_select(0, self.variant)
 
     def keep_active(self, perms: torch.Tensor) -> torch.Tensor:
         """Drop stopped members from the stack; return the kept members' permutations."""

@@ -87,6 +87,7 @@ class MemberRun:
         self.pending_act: list[tuple[int, int, float, torch.Tensor]] = []
         # This epoch's percentiles when the group measured them for all members at once.
         self.epoch_act: torch.Tensor | None = None
+        self.epoch_evals: dict[str, tuple[float, float]] | None = None
         self.run = RunProgress(
             self.recorder, self.spec.on_metrics, self.spec.should_stop, self._epoch_metrics
         )
@@ -107,7 +108,10 @@ class MemberRun:
         self, train_stats: tuple[float, float], at_step: int, epoch: int
     ) -> _Evaluated:
         # The solo loop's epoch evaluation, on this member's (unstacked view) model.
-        evals = evaluate(self.model, self.spec.data, self.device)
+        evals = self.epoch_evals
+        if evals is None:
+            evals = evaluate(self.model, self.spec.data, self.device)
+        self.epoch_evals = None
         if self.epoch_act is None:
             self.epoch_act = activation_percentiles(self.model, self.probe)
         act, self.epoch_act = self.epoch_act.cpu().numpy(), None

@@ -95,7 +95,6 @@ class StackedClipper:
         return torch.cat(cols, dim=1)
 
 
-
 def _member_norms(grads: list[torch.Tensor]) -> torch.Tensor:
     """``[K, P]``: each member's L2 norm of each parameter's gradient."""
     if grads[0].shape[0] == 1:  # one member: the solo engine's _foreach_norm

@@ -11,10 +11,46 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from worker.training.evaluation import PERCENTILES
 from worker.training.stacked import StackedMLP, linear
 from worker.training.stacked_bn import member_view
+
+# Rows of all members per eval forward: bounds memory like evaluation.EVAL_CHUNK does.
+EVAL_ROWS = 65536
+
+
+@torch.no_grad()
+def stacked_evaluate(
+    model: StackedMLP, xs: torch.Tensor, ys: torch.Tensor
+) -> list[tuple[float, float]]:
+    """Each member's (loss, accuracy) on its split ``xs`` ``[K, n, features]`` / ``ys``
+    ``[K, n]`` with BN on the moving averages — ``evaluation.evaluate`` for all members at
+    once (losses summed in float64 as there)."""
+    k, n = ys.shape
+    loss_sum = torch.zeros(k, dtype=torch.float64, device=xs.device)
+    correct = torch.zeros(k, dtype=torch.long, device=xs.device)
+    chunk = max(1, EVAL_ROWS // k)
+    for start in range(0, n, chunk):
+        x, y = xs[:, start : start + chunk], ys[:, start : start + chunk]
+        logits = _eval_forward(model, x)
+        per_sample = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+        loss_sum += per_sample.view(k, -1).sum(dim=1).double()
+        correct += (logits.argmax(dim=2) == y).sum(dim=1)
+    losses, hits = loss_sum.cpu().tolist(), correct.cpu().tolist()
+    return [(loss / n, hit / n) for loss, hit in zip(losses, hits, strict=True)]
+
+
+def _eval_forward(model: StackedMLP, x: torch.Tensor) -> torch.Tensor:
+    for layer, eps in zip(model.layers, model._epsilon, strict=True):
+        z = linear(x, layer.weight, layer.bias)
+        if layer.running_mean is not None and layer.bn_first:
+            z = _eval_bn(z, layer.running_mean, layer.running_var, layer.gamma, layer.beta, eps)
+        x = layer.activation(z)
+        if layer.running_mean is not None and not layer.bn_first:
+            x = _eval_bn(x, layer.running_mean, layer.running_var, layer.gamma, layer.beta, eps)
+    return x
 
 
 @torch.no_grad()
