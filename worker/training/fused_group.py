@@ -74,10 +74,12 @@ class Group:
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and labels ``[K, batch, …]`` of the samples ``idx`` ``[K, batch]``."""
-        if self.x.shape[0] == 1:
-            return self.x[0][idx], self.y[0][idx]
-        v = self.variant.unsqueeze(1)
-        return self.x[v, idx], self.y[v, idx]
+        k, bs = idx.shape
+        if self.x.shape[0] > 1:  # rows of the flattened splits: index_select is the fast gather
+            idx = idx + (self.variant * self.x.shape[1]).unsqueeze(1)
+        flat = idx.reshape(-1)
+        x = self.x.view(-1, self.x.shape[2]).index_select(0, flat).view(k, bs, -1)
+        return x, self.y.view(-1).index_select(0, flat).view(k, bs)
 
     @property
     def pending(self) -> int:
