@@ -94,3 +94,26 @@ def test_stacked_percentiles_equal_torch_quantile_exactly(n: int) -> None:
     expected = torch.stack([torch.quantile(r, q) for r in rows])
     assert torch.equal(_percentiles(rows)[[0, 2]], expected[[0, 2]])
     assert _percentiles(rows)[1].isnan().all() and expected[1].isnan().all()
+
+
+def test_stacked_batch_norm_with_shared_decay_and_epsilon_takes_torchs_kernel() -> None:
+    torch.manual_seed(1)
+    solo = [TFBatchNorm(5, decay=0.9, epsilon=1e-3, center=True, scale=True) for _ in range(4)]
+    z = torch.randn(4, 16, 5, requires_grad=True)
+    gamma = torch.rand(4, 5).add_(0.5).requires_grad_()
+    beta = torch.randn(4, 5).requires_grad_()
+    rm, rv = torch.zeros(4, 5), torch.ones(4, 5)
+    out = stacked_batch_norm(z, gamma, beta, rm, rv, 0.9, 1e-3)
+    out.sum().backward()
+    for k, bn in enumerate(solo):
+        assert bn.gamma is not None and bn.beta is not None
+        bn.gamma.data.copy_(gamma.detach()[k])
+        bn.beta.data.copy_(beta.detach()[k])
+        zk = z.detach()[k].clone().requires_grad_()
+        ok = bn(zk)
+        ok.sum().backward()
+        torch.testing.assert_close(out[k], ok)
+        assert z.grad is not None and zk.grad is not None
+        torch.testing.assert_close(z.grad[k], zk.grad)
+        torch.testing.assert_close(rm[k], bn.running_mean)
+        torch.testing.assert_close(rv[k], bn.running_var)

@@ -89,19 +89,21 @@ def stacked_batch_norm(
     epsilon: Hyper,
 ) -> torch.Tensor:
     """Training-mode BN of ``z`` ``[K, batch, C]``; γ, β, moving averages are ``[K, C]``."""
-    if z.shape[0] == 1 and isinstance(decay, float) and isinstance(epsilon, float):
-        # One member: torch's fused kernel, the solo engine's exact arithmetic and speed.
+    if isinstance(decay, float) and isinstance(epsilon, float):
+        # Members agree on decay and epsilon: torch's fused kernel over [batch, K * C] channels
+        # (the solo engine's exact arithmetic; with K = 1 the reshape is a view, not a copy).
+        k, n, c = z.shape
         out = torch.nn.functional.batch_norm(
-            z[0],
-            running_mean[0],
-            running_var[0],
-            weight=None if gamma is None else gamma[0],
-            bias=None if beta is None else beta[0],
+            z.transpose(0, 1).reshape(n, k * c),
+            running_mean.view(-1),
+            running_var.view(-1),
+            weight=None if gamma is None else gamma.reshape(-1),
+            bias=None if beta is None else beta.reshape(-1),
             training=True,
             momentum=1.0 - decay,
             eps=epsilon,
         )
-        return out.unsqueeze(0)
+        return out.view(n, k, c).transpose(0, 1)
     result: torch.Tensor = _StackedBatchNorm.apply(  # type: ignore[no-untyped-call]
         z, gamma, beta, running_mean, running_var, decay, epsilon
     )
