@@ -139,6 +139,8 @@ def test_every_metric_the_spec_lists_appears(digits: DataSplits) -> None:
         *EPOCH_METRICS,
         *(f"bn/{ly}/{stat}" for ly in layers for stat in ("running_mean_abs", "running_var_mean")),
         *(f"act/{ly}/{q}" for ly in layers for q in ("p15", "p50", "p85")),
+        "units/hidden1/saturated",  # ELU: saturated; the logits' identity is not measured
+        "units/hidden2/saturated",
     }
     assert names == per_step | per_epoch
     assert per_step == {
