@@ -162,6 +162,7 @@ def train(
                 shuffle_rng=shuffle_gen.get_state(),
                 perm=perm,
             ),
+            standardization=data.standardization(),
         )
 
     status: TrainStatus = "succeeded"
