@@ -4,7 +4,8 @@ Timing method (docs/engine.md, "Prediction cost"): for each batch size, the mode
 turn within every repeat (so a slow moment of a shared machine hits all of them alike); a timing
 is a block of back-to-back forward passes under ``torch.inference_mode`` long enough
 (``MIN_BLOCK_S``) for the timer's resolution and the loop's overhead not to matter, bracketed by
-``torch.cuda.synchronize`` on a GPU; the figure is the median over repeats, per sample. Repeats
+``torch.cuda.synchronize`` on a GPU; the order of the models rotates from repeat to repeat; the
+figure is the median over repeats, per sample. Repeats
 shrink for big models so the whole measurement stays near ``BUDGET_S`` per batch size (never
 fewer than ``MIN_REPEATS``).
 """
@@ -25,10 +26,10 @@ from worker.training.result import PredictionCost
 
 BATCH_SIZES = (1, 1024)
 MAX_REPEATS = 15
-MIN_REPEATS = 3
+MIN_REPEATS = 5
 MIN_BLOCK_S = 2e-3
 MAX_CALLS_PER_BLOCK = 1000
-BUDGET_S = 0.5
+BUDGET_S = 1.0
 
 
 def _synchronizer(device: torch.device) -> Callable[[], None]:
@@ -66,9 +67,10 @@ def time_models(models: list[MLP], x: torch.Tensor) -> list[float]:
     per_repeat = sum(max(t * c, MIN_BLOCK_S) for t, c in zip(first, calls, strict=True))
     repeats = max(MIN_REPEATS, min(MAX_REPEATS, int(BUDGET_S / per_repeat)))
     timings: list[list[float]] = [[] for _ in models]
-    for _ in range(repeats):
-        for model, n, out in zip(models, calls, timings, strict=True):
-            out.append(_block(model, x, n, sync))
+    for r in range(repeats):
+        for k in range(len(models)):  # rotated: no model is always timed first or last
+            j = (k + r) % len(models)
+            timings[j].append(_block(models[j], x, calls[j], sync))
     return [statistics.median(t) for t in timings]
 
 
