@@ -17,6 +17,7 @@ from worker.training.checkpoint import load_checkpoint, save_checkpoint
 from worker.training.config import DatasetConfig
 from worker.training.datasets import DataSplits, load_dataset
 from worker.training.export import MissingStandardizationError, export_model
+from worker.training.model import MLP
 
 from .support import make_config, run
 
@@ -116,3 +117,24 @@ def _fresh(tmp_path: Path, config: Any, data: DataSplits) -> Path:
     path = tmp_path / "fresh.safetensors"
     run(config, data, checkpoint_path=path, flush_every_s=0.0, should_stop=lambda: True)
     return path
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "elu", "selu", "tanh", "sigmoid",
+                                        "identity"])
+def test_the_predictor_knows_every_activation(tmp_path: Path, activation: str) -> None:
+    config = make_config({"model": {"activation": activation, "hidden_layers": [12, 6],
+                                    "batch_norm": {"placement": "after_activation"}}})
+    torch.manual_seed(0)
+    model = MLP(config.model, 5, 4).eval()
+    with torch.no_grad():
+        for bn in model.bn_layers().values():
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+    mean, std = np.full(5, 0.5, np.float32), np.full(5, 2.0, np.float32)
+    checkpoint, target = tmp_path / "c.safetensors", tmp_path / "m.safetensors"
+    save_checkpoint(checkpoint, model, config, standardization=(mean, std))
+    export_model(checkpoint, target, folded=True)
+    x = np.random.default_rng(0).normal(size=(200, 5)).astype(np.float32) * 3
+    with torch.no_grad():
+        expected = model(torch.from_numpy((x - mean) / std)).argmax(1).numpy()
+    assert np.array_equal(documented_predictor()(str(target), x), expected)
