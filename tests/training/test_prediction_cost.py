@@ -40,13 +40,14 @@ def test_three_models_at_two_batch_sizes(bn: bool) -> None:
 
 
 def test_the_summary_carries_it_unless_switched_off_or_cancelled(digits: DataSplits) -> None:
-    on = run(make_config({"training": {"epochs": 1}}), digits).result.summary
+    timed = {"training": {"epochs": 1, "measure_prediction_cost": True}}  # the default
+    on = run(make_config(timed), digits).result.summary
     assert on.prediction_cost is not None and len(on.prediction_cost) == len(BATCH_SIZES)
     dumped = on.model_dump(mode="json")["prediction_cost"][0]
     assert set(dumped) == {"batch_size", "trained_us", "folded_us", "no_bn_us",
                            "trained_vs_no_bn", "folded_vs_no_bn"}
     off = make_config({"training": {"epochs": 1, "measure_prediction_cost": False}})
     assert run(off, digits).result.summary.prediction_cost is None
-    cancelled = run(make_config({"training": {"epochs": 1}}), digits, flush_every_s=0.0,
+    cancelled = run(make_config(timed), digits, flush_every_s=0.0,
                     should_stop=lambda: True).result
     assert cancelled.status == "cancelled" and cancelled.summary.prediction_cost is None
