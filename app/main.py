@@ -10,7 +10,16 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.errors import BodySizeLimit, install_error_handlers
-from app.api.routes import experiments, meta, metrics, series, stream, studies, study_data
+from app.api.routes import (
+    experiments,
+    exports,
+    meta,
+    metrics,
+    series,
+    stream,
+    studies,
+    study_data,
+)
 from app.api.schemas import Problem, config_component_schemas
 from app.core.config import Settings, get_settings
 from app.db.migrate import check_migrated, upgrade
@@ -55,8 +64,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
             allow_headers=["*"],
             expose_headers=["ETag"],  # so a dashboard on another origin can send If-None-Match
         )
-    for router in (experiments.router, metrics.router, series.router, stream.router, meta.router,
-                   studies.router, study_data.router):
+    for router in (experiments.router, exports.router, metrics.router, series.router,
+                   stream.router, meta.router, studies.router, study_data.router):
         app.include_router(router, prefix=API_PREFIX, responses=COMMON_RESPONSES)
     app.add_api_route("/healthz", meta.healthz, include_in_schema=False)
     app.add_api_route("/readyz", meta.readyz, include_in_schema=False)

@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from app.cli.summary import summary_rows
+
 TERMINAL = {"succeeded", "diverged", "failed", "cancelled"}
 
 
@@ -79,8 +81,8 @@ def _print(experiment: dict[str, Any]) -> None:
     table = Table(title=f"{experiment['name']} ({experiment['id']})", show_header=False)
     for key in ("status", "device", "worker", "attempt", "error", "created_at", "finished_at"):
         table.add_row(key, str(experiment.get(key)))
-    for key, value in (experiment.get("summary") or {}).items():
-        table.add_row(key, str(value))
+    for key, text in summary_rows(experiment.get("summary") or {}):
+        table.add_row(key, text)
     Console().print(table)
 
 

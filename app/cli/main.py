@@ -132,6 +132,20 @@ def status(
     show_status(url, experiment_id, api_key)
 
 
+@cli.command("export")
+def export_model(
+    experiment_id: str,
+    folded: Annotated[bool, typer.Option(help="Fold BN into the linear layers")] = False,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Target file")] = None,
+    url: UrlOpt = "http://127.0.0.1:8000",
+    api_key: KeyOpt = None,
+) -> None:
+    """Download an experiment's model as safetensors, loadable without NormLab (docs/export.md)."""
+    from app.cli.export import export
+
+    typer.echo(export(url, experiment_id, folded=folded, output=output, api_key=api_key))
+
+
 @cli.command()
 def reconcile(
     once: Annotated[bool, typer.Option(help="One pass, then exit")] = False,

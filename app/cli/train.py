@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from app.cli.summary import summary_rows
 from worker.training.config import ExperimentConfig
 from worker.training.job import run_job
 from worker.training.result import MetricPoint, TrainSummary, encode_float
@@ -17,8 +18,8 @@ from worker.training.result import MetricPoint, TrainSummary, encode_float
 
 def summary_table(summary: TrainSummary, title: str) -> Table:
     table = Table(title=title, show_header=False)
-    for key, value in summary.model_dump(mode="json").items():
-        table.add_row(key, "—" if value is None else str(value))
+    for key, text in summary_rows(summary.model_dump(mode="json")):
+        table.add_row(key, text)
     return table
 
 

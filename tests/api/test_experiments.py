@@ -60,7 +60,7 @@ def test_submit_normalizes_the_config_with_every_default(client: TestClient) -> 
     assert body["config"] == expected
     assert body["config"]["training"] == {
         "epochs": 3, "batch_size": 50, "seed": 42, "max_steps": None, "log_every_steps": 1,
-        "activation_stats_every_steps": None,
+        "activation_stats_every_steps": None, "measure_prediction_cost": True,
     }  # fmt: skip
     assert body["config"]["model"]["batch_norm"]["decay"] == 0.99
     assert body["config"]["dataset"]["name"] == "digits"

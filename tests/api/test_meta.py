@@ -20,6 +20,7 @@ ROUTES = {
     ("get", f"{API}/experiments/{{experiment_id}}/metrics"),
     ("get", f"{API}/experiments/{{experiment_id}}/metrics/names"),
     ("get", f"{API}/experiments/{{experiment_id}}/checkpoint"),
+    ("get", f"{API}/experiments/{{experiment_id}}/model"),
     ("get", f"{API}/presets"),
     ("get", f"{API}/healthz"),
     ("get", f"{API}/readyz"),

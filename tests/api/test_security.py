@@ -106,7 +106,7 @@ def test_isolation_on_every_route(client: TestClient, settings: Settings, ks: Ke
         ("GET", f"/experiments/{mine}/metrics/loss/series"),
         ("GET", f"/experiments/{mine}/stream"), ("GET", f"/experiments/{mine}/checkpoint"),
         ("GET", f"/compare?ids={mine}"), ("POST", f"/experiments/{mine}/cancel"),
-        ("DELETE", f"/experiments/{mine}"),
+        ("DELETE", f"/experiments/{mine}"), ("GET", f"/experiments/{mine}/model"),
     ]
     for method, path in routes:
         other = client.request(method, f"{API}{path}", headers=ks.h(ks.bob))

@@ -20,7 +20,8 @@ CPU = torch.device("cpu")
 # A small, fast default: digits (64 features) through two BN + ELU hidden layers.
 SMALL: dict[str, Any] = {
     "model": {"hidden_layers": [32, 16]},
-    "training": {"epochs": 2, "batch_size": 50, "seed": 0},
+    # Prediction timing is covered by test_prediction_cost.py; elsewhere it only adds time.
+    "training": {"epochs": 2, "batch_size": 50, "seed": 0, "measure_prediction_cost": False},
     "resources": {"device": "cpu"},
 }
 

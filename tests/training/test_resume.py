@@ -75,7 +75,9 @@ def test_stop_then_resume_equals_an_uninterrupted_run(
     assert values(first + second) == values(straight)
     assert len(first) + len(second) == len(straight)  # nothing twice
     for field in ("steps", "epochs_completed", "final_test_accuracy", "best_val_accuracy",
-                  "final_loss", "steps_clipped", "max_grad_norm", "max_grad_norm_step"):
+                  "final_loss", "steps_clipped", "max_grad_norm", "max_grad_norm_step",
+                  "peak_saturated_units", "peak_saturated_units_step",
+                  "peak_saturated_units_layer", "collapsed_at_step", "collapse_reason"):
         assert getattr(resumed.summary, field) == getattr(full.summary, field), field
 
 

@@ -1,6 +1,7 @@
 """Checkpoints as safetensors: tensors plus JSON metadata. Nothing is ever unpickled.
 
-A checkpoint holds the model (every parameter and BN buffer) and the config, enough to predict;
+A checkpoint holds the model (every parameter and BN buffer) and the config, enough to predict,
+and the input standardization (``data.input_mean``/``data.input_std``) when the engine knows it;
 the engine's checkpoints also hold the training state (optimizer, shuffling RNG, position in the
 epoch, progress bookkeeping) under ``train.`` keys and ``train_state`` metadata, so a later
 attempt resumes exactly where this one stopped.
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -24,6 +26,7 @@ from worker.training.model import MLP
 
 FORMAT = "normlab-checkpoint-v1"
 _TRAIN = "train."
+_DATA = "data."
 
 
 @dataclass
@@ -42,10 +45,18 @@ class TrainingState:
 
 
 def save_checkpoint(
-    path: Path, model: MLP, config: ExperimentConfig, state: TrainingState | None = None
+    path: Path,
+    model: MLP,
+    config: ExperimentConfig,
+    state: TrainingState | None = None,
+    standardization: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
-    """Write the model (and the training state, if given) atomically: temp file + rename."""
+    """Write the model (and the training state and the inputs' ``(mean, std)``, if given)
+    atomically: temp file + rename."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if standardization is not None:
+        for key, array in zip(("input_mean", "input_std"), standardization, strict=True):
+            tensors[_DATA + key] = torch.from_numpy(np.ascontiguousarray(array, np.float32))
     layers = model.layer_items()
     metadata = {
         "format": FORMAT,
@@ -82,10 +93,23 @@ def load_checkpoint(path: Path, device: str = "cpu") -> tuple[MLP, ExperimentCon
     metadata = _metadata(path)
     config = ExperimentConfig.model_validate_json(metadata["config"])
     model = MLP(config.model, int(metadata["n_features"]), int(metadata["n_classes"]))
-    tensors = load_file(str(path), device="cpu")
-    model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(_TRAIN)})
+    model.load_state_dict(_model_tensors(load_file(str(path), device="cpu")))
     model.to(torch.device(device)).eval()
     return model, config
+
+
+def _model_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in tensors.items() if not k.startswith((_TRAIN, _DATA))}
+
+
+def load_standardization(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The inputs' ``(mean, std)`` the model was trained behind, if the checkpoint has them."""
+    _metadata(path)
+    with safe_open(str(path), framework="pt") as f:
+        keys = set(f.keys())
+        if not {_DATA + "input_mean", _DATA + "input_std"} <= keys:
+            return None
+        return f.get_tensor(_DATA + "input_mean"), f.get_tensor(_DATA + "input_std")
 
 
 def checkpoint_step(path: Path) -> int:
@@ -99,7 +123,7 @@ def load_training_state(path: Path, model: MLP) -> TrainingState:
     if "train_state" not in metadata:
         raise ValueError(f"{path} holds no training state to resume from")
     tensors = load_file(str(path), device="cpu")
-    model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(_TRAIN)})
+    model.load_state_dict(_model_tensors(tensors))
     return _unpack_state(json.loads(metadata["train_state"]), tensors)
 
 

@@ -150,6 +150,8 @@ class TrainingConfig(_Strict):
     log_every_steps: int = Field(default=1, ge=1, le=1_000_000)
     # act/<layer>/p15|p50|p85 every epoch, and also every this many steps when set.
     activation_stats_every_steps: int | None = Field(default=None, ge=1, le=1_000_000)
+    # Time eval-mode prediction at the end of the run (as trained, folded, without BN).
+    measure_prediction_cost: bool = True
 
 
 class ResourcesConfig(_Strict):

@@ -68,6 +68,15 @@ class DataSplits:
     y_test: np.ndarray
     n_features: int
     n_classes: int
+    # The standardization applied to every split (training-split statistics); None: none applied.
+    input_mean: np.ndarray | None = None  # float32 [n_features]
+    input_std: np.ndarray | None = None
+
+    def standardization(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean, std)`` with ``x = (x_raw - mean) / std`` (0 and 1 when not standardized)."""
+        if self.input_mean is None or self.input_std is None:
+            return np.zeros(self.n_features, np.float32), np.ones(self.n_features, np.float32)
+        return self.input_mean, self.input_std
 
 
 def default_data_dir() -> Path:
@@ -176,6 +185,7 @@ def _pooled_split(name: str, x: np.ndarray, y: np.ndarray, cfg: DatasetConfig, s
 def _finish(name: str, parts: _Parts, n_classes: int, standardize: bool) -> DataSplits:
     x_train, y_train, x_val, y_val, x_test, y_test = parts
     xs = [np.asarray(a, dtype=np.float32) for a in (x_train, x_val, x_test)]
+    mean32 = std32 = None
     if standardize:  # statistics from the training split only, accumulated in float64
         mean = xs[0].mean(axis=0, dtype=np.float64)
         std = xs[0].std(axis=0, dtype=np.float64)
@@ -194,6 +204,8 @@ def _finish(name: str, parts: _Parts, n_classes: int, standardize: bool) -> Data
         y_test=ys[2],
         n_features=int(xf[0].shape[1]),
         n_classes=n_classes,
+        input_mean=mean32,
+        input_std=std32,
     )
 
 

@@ -17,19 +17,16 @@ import torch.nn.functional as F
 
 from worker.training.checkpoint import TrainingState, load_training_state, save_checkpoint
 from worker.training.clipping import clip_gradients
+from worker.training.collapse import CollapseWatch, evaluated_labels, majority_share
 from worker.training.config import ExperimentConfig, OptimizerConfig
 from worker.training.datasets import DataSplits
-from worker.training.evaluation import (
-    activation_percentiles,
-    activation_points,
-    epoch_points,
-    evaluate,
-    probe_inputs,
-)
+from worker.training.evaluation import epoch_points, evaluate, probe_inputs
 from worker.training.model import MLP
+from worker.training.prediction_cost import measure_prediction_cost
 from worker.training.progress import OnMetrics, RunProgress, _Evaluated
 from worker.training.recorder import StepRecorder
 from worker.training.result import MetricPoint, TrainResult, TrainStatus
+from worker.training.units import probe_points, probe_telemetry
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
@@ -107,31 +104,32 @@ def train(
 
     probe = torch.from_numpy(probe_inputs(data)).to(device)
     every_k = tcfg.activation_stats_every_steps
-    pending_act: list[tuple[int, int, float, torch.Tensor]] = []  # step, epoch, time, [L, 3]
+    pending_act: list[tuple[int, int, float, torch.Tensor]] = []  # step, epoch, time, [L, 4]
 
     def epoch_metrics(train_stats: tuple[float, float], at_step: int, epoch: int) -> _Evaluated:
         # The seed's is_training=False: validation and test use the moving averages.
         evals = evaluate(model, data, device)
-        act = activation_percentiles(model, probe).cpu().numpy()
+        act = probe_telemetry(model, probe).cpu().numpy()
         return evals, [
             *epoch_points(model, evals, train_stats, at_step, epoch),
-            *activation_points(model, act, at_step, epoch, time.time()),
+            *probe_points(model, act, at_step, epoch, time.time()),
         ]
 
     def take_act_points() -> list[MetricPoint]:
-        """Percentiles measured every K steps, copied to the host in one go (a sync point)."""
+        """Probe telemetry measured every K steps, copied to the host in one go (a sync point)."""
         if not pending_act:
             return []
         values = torch.stack([t for *_, t in pending_act]).cpu().numpy()
         points = [
             p
             for (s, e, w, _), v in zip(pending_act, values, strict=True)
-            for p in activation_points(model, v, s, e, w)
+            for p in probe_points(model, v, s, e, w)
         ]
         pending_act.clear()
         return points
 
-    run = RunProgress(recorder, on_metrics, should_stop, epoch_metrics)
+    watch = CollapseWatch(data.n_classes, majority_share(evaluated_labels(data)))
+    run = RunProgress(recorder, watch.wrap(on_metrics), should_stop, epoch_metrics)
     step = epochs_completed = 0
     first_epoch, first_index, resumed_perm, earlier_s = 1, 0, None, 0.0
     if resume_from is not None:
@@ -139,6 +137,8 @@ def train(
         optimizer.load_state_dict(state.optimizer)
         shuffle_gen.set_state(state.shuffle_rng)
         run.load_state_dict(state.progress)
+        if "collapse" in state.progress:  # absent in checkpoints written before it existed
+            watch.load_state_dict(state.progress["collapse"])
         step, epochs_completed = state.step, state.epochs_completed
         first_epoch, first_index, earlier_s = state.epoch, state.next_index, state.elapsed_s
         resumed_perm = state.perm
@@ -157,11 +157,12 @@ def train(
                 next_index=next_index,
                 epochs_completed=epochs_completed,
                 elapsed_s=earlier_s + time.perf_counter() - started,
-                progress=run.state_dict(),
+                progress={**run.state_dict(), "collapse": watch.state_dict()},
                 optimizer=optimizer.state_dict(),
                 shuffle_rng=shuffle_gen.get_state(),
                 perm=perm,
             ),
+            standardization=data.standardization(),
         )
 
     status: TrainStatus = "succeeded"
@@ -208,7 +209,7 @@ def train(
             recorder.record(step, epoch, len(idx), lr, loss.detach(), correct, stats, logged=logged)
             # (The epoch's last step gets its percentiles with the epoch's evaluation.)
             if every_k is not None and step % every_k == 0 and i != epoch_steps - 1:
-                pending_act.append((step, epoch, time.time(), activation_percentiles(model, probe)))
+                pending_act.append((step, epoch, time.time(), probe_telemetry(model, probe)))
         if status != "succeeded":
             break
 
@@ -222,8 +223,12 @@ def train(
             break
 
     duration = earlier_s + time.perf_counter() - started
+    summary = run.summary(status, step, epochs_completed, duration)
+    extra = watch.summary_fields(status)
+    if tcfg.measure_prediction_cost and status != "cancelled":  # a stop should stop promptly
+        extra["prediction_cost"] = measure_prediction_cost(model, config.model)
     return TrainResult(
-        summary=run.summary(status, step, epochs_completed, duration),
+        summary=summary.model_copy(update=extra),
         device=str(device),
         checkpoint_written=checkpoint_path is not None and checkpoint_path.is_file(),
     )

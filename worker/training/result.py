@@ -30,6 +30,19 @@ class MetricPoint(NamedTuple):
     wall_time: float  # unix seconds
 
 
+class PredictionCost(BaseModel):
+    """Eval-mode prediction time at one batch size, in µs per sample (median of repeated timings,
+    see docs/engine.md): the model as trained, with BN folded, and a BN-free net of the same
+    widths; the ratios are to the BN-free net."""
+
+    batch_size: int
+    trained_us: JsonFloat
+    folded_us: JsonFloat
+    no_bn_us: JsonFloat
+    trained_vs_no_bn: JsonFloat
+    folded_vs_no_bn: JsonFloat
+
+
 class TrainSummary(BaseModel):
     """The fields the CLI prints and the service stores; identical in both."""
 
@@ -50,6 +63,18 @@ class TrainSummary(BaseModel):
     mean_clip_fraction: JsonFloat | None = None
     # How the training step ran on CUDA: "cuda_graph", or "eager: <why not captured>".
     step_mode: str | None = None
+    # Units dead (ReLU family) or saturated on every probe input: the largest fraction of a
+    # layer's units over all measurements, with its step and layer (worker/training/units.py).
+    peak_dead_units: JsonFloat | None = None
+    peak_dead_units_step: int | None = None
+    peak_dead_units_layer: str | None = None
+    peak_saturated_units: JsonFloat | None = None
+    peak_saturated_units_step: int | None = None
+    peak_saturated_units_layer: str | None = None
+    # A run that ended dead or at chance level (worker/training/collapse.py); still "succeeded".
+    collapsed_at_step: int | None = None
+    collapse_reason: str | None = None
+    prediction_cost: list[PredictionCost] | None = None
 
 
 @dataclass
