@@ -11,7 +11,8 @@ from worker.training.evaluation import PERCENTILES
 from worker.training.model import MLP
 from worker.training.stacked import StackedMLP
 from worker.training.stacked_bn import stacked_batch_norm
-from worker.training.stacked_eval import _percentiles
+from worker.training.stacked_eval import _percentiles, stacked_probe_telemetry
+from worker.training.units import probe_telemetry
 
 
 def _stack(params: list[torch.Tensor | None]) -> torch.Tensor:
@@ -117,3 +118,24 @@ def test_stacked_batch_norm_with_shared_decay_and_epsilon_takes_torchs_kernel() 
         torch.testing.assert_close(z.grad[k], zk.grad)
         torch.testing.assert_close(rm[k], bn.running_mean)
         torch.testing.assert_close(rv[k], bn.running_var)
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+def test_stacked_probe_telemetry_equals_each_members_solo_telemetry(activation: str) -> None:
+    cfgs = [
+        make_config({"training": {"seed": s}, "model": {"activation": activation,
+                                                       "init": "normal", "init_std": [0.01, 1.0, 10.0][s]}})
+        for s in range(3)
+    ]
+    models = []
+    for c in cfgs:
+        torch.manual_seed(c.training.seed)
+        models.append(MLP(c.model, 64, 10))
+    stacked = StackedMLP(models)
+    probe = torch.randn(3, 200, 64)
+    got = stacked_probe_telemetry(stacked, probe)
+    for k, model in enumerate(models):
+        expected = probe_telemetry(model, probe[k])
+        # The unit fractions exactly (a count over the same comparisons); percentiles closely.
+        torch.testing.assert_close(got[k, :, 3], expected[:, 3], rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(got[k, :, :3], expected[:, :3], rtol=1e-5, atol=1e-6)

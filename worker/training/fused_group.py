@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from worker.training.datasets import DataSplits
-from worker.training.evaluation import activation_percentiles
 from worker.training.fused_member import MemberRun
 from worker.training.stacked import StackedMLP
 from worker.training.stacked_clip import ClipColumns, StackedClipper
-from worker.training.stacked_eval import stacked_evaluate, stacked_percentiles
+from worker.training.stacked_eval import stacked_evaluate, stacked_probe_telemetry
 from worker.training.stacked_optim import StackedOptimizer
+from worker.training.units import probe_telemetry
 
 _Meta = tuple[int, int, float, int, bool]  # step, epoch, wall time, samples, logged
 
@@ -62,7 +62,7 @@ class Group:
         }
         probes = {id(r.spec.data): r.probe for r in runs}
         self.probes = torch.stack([probes[id(d)] for d in variants])
-        # Percentiles measured every K steps: (step, epoch, wall time, [K, layers, 3]).
+        # Probe telemetry measured every K steps: (step, epoch, wall time, [K, layers, 4]).
         self.pending_act: list[tuple[int, int, float, torch.Tensor]] = []
         self.rows: list[torch.Tensor] = []
         self.meta: list[_Meta] = []
@@ -113,14 +113,15 @@ class Group:
         self.rows, self.meta = [], []
 
     def measure_activations(self, step: int, epoch: int) -> None:
-        """Every member's percentiles now (on the device, no sync)."""
+        """Every member's probe telemetry now (on the device, no sync)."""
         self.pending_act.append((step, epoch, time.time(), self.percentiles()))
 
     def percentiles(self) -> torch.Tensor:
+        """``[K, n_layers, 4]``: percentiles and inactive-unit fractions of every member."""
         if len(self.runs) == 1:  # the solo engine's own function: exactly its values
             run = self.runs[0]
-            return activation_percentiles(run.model, run.probe).unsqueeze(0)
-        return stacked_percentiles(self.model, self._per_member(self.probes))
+            return probe_telemetry(run.model, run.probe).unsqueeze(0)
+        return stacked_probe_telemetry(self.model, self._per_member(self.probes))
 
     def hand_out_activations(self, epoch_end: bool) -> None:
         """Give each member its share of the pending (and, at an epoch end, this epoch's)

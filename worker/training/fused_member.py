@@ -16,20 +16,17 @@ from typing import Any
 import torch
 
 from worker.training.checkpoint import TrainingState, load_training_state, save_checkpoint
+from worker.training.collapse import CollapseWatch, evaluated_labels, majority_share
 from worker.training.config import ExperimentConfig
 from worker.training.datasets import DataSplits
-from worker.training.evaluation import (
-    activation_percentiles,
-    activation_points,
-    epoch_points,
-    evaluate,
-    probe_inputs,
-)
+from worker.training.evaluation import epoch_points, evaluate, probe_inputs
 from worker.training.loop import build_optimizer
 from worker.training.model import MLP
+from worker.training.prediction_cost import measure_prediction_cost
 from worker.training.progress import OnMetrics, RunProgress, _Evaluated
 from worker.training.recorder import StepRecorder
 from worker.training.result import MetricPoint, TrainResult, TrainStatus
+from worker.training.units import probe_points, probe_telemetry
 
 
 @dataclass
@@ -88,14 +85,19 @@ class MemberRun:
         # This epoch's percentiles when the group measured them for all members at once.
         self.epoch_act: torch.Tensor | None = None
         self.epoch_evals: dict[str, tuple[float, float]] | None = None
+        # The solo loop's collapse watch, per member (it only reads the member's metrics).
+        self.watch = CollapseWatch(data.n_classes, majority_share(evaluated_labels(data)))
         self.run = RunProgress(
-            self.recorder, self.spec.on_metrics, self.spec.should_stop, self._epoch_metrics
+            self.recorder, self.watch.wrap(self.spec.on_metrics), self.spec.should_stop,
+            self._epoch_metrics,
         )
         if self.spec.resume_from is not None:
             state = load_training_state(self.spec.resume_from, self.model)
             self.optimizer_state = state.optimizer["state"]
             self.shuffle_gen.set_state(state.shuffle_rng)
             self.run.load_state_dict(state.progress)
+            if "collapse" in state.progress:  # absent in checkpoints written before it existed
+                self.watch.load_state_dict(state.progress["collapse"])
             self.position = Position(state.step, state.epoch, state.next_index)
             self.epochs_completed, self.earlier_s = state.epochs_completed, state.elapsed_s
             self.resumed_perm = state.perm
@@ -113,11 +115,11 @@ class MemberRun:
             evals = evaluate(self.model, self.spec.data, self.device)
         self.epoch_evals = None
         if self.epoch_act is None:
-            self.epoch_act = activation_percentiles(self.model, self.probe)
+            self.epoch_act = probe_telemetry(self.model, self.probe)
         act, self.epoch_act = self.epoch_act.cpu().numpy(), None
         return evals, [
             *epoch_points(self.model, evals, train_stats, at_step, epoch),
-            *activation_points(self.model, act, at_step, epoch, time.time()),
+            *probe_points(self.model, act, at_step, epoch, time.time()),
         ]
 
     def take_act_points(self) -> list[MetricPoint]:
@@ -127,7 +129,7 @@ class MemberRun:
         points = [
             p
             for (s, e, w, _), v in zip(self.pending_act, values, strict=True)
-            for p in activation_points(self.model, v, s, e, w)
+            for p in probe_points(self.model, v, s, e, w)
         ]
         self.pending_act.clear()
         return points
@@ -153,11 +155,12 @@ class MemberRun:
                 next_index=position.next_index,
                 epochs_completed=self.epochs_completed,
                 elapsed_s=self.earlier_s + elapsed_s,
-                progress=self.run.state_dict(),
+                progress={**self.run.state_dict(), "collapse": self.watch.state_dict()},
                 optimizer={"state": optimizer_state, "param_groups": self.param_groups},
                 shuffle_rng=self.shuffle_gen.get_state(),
                 perm=perm,
             ),
+            standardization=self.spec.data.standardization(),
         )
 
     def stop(self, status: TrainStatus, step: int) -> None:
@@ -167,8 +170,13 @@ class MemberRun:
         assert self.status is not None and self.stopped_at is not None
         duration = self.earlier_s + self.stopped_at - started
         path = self.spec.checkpoint_path
+        summary = self.run.summary(self.status, self.final_step, self.epochs_completed, duration)
+        extra = self.watch.summary_fields(self.status)
+        # As the solo loop: timed on the member's own (unstacked) model, unless it was stopped.
+        if self.spec.config.training.measure_prediction_cost and self.status != "cancelled":
+            extra["prediction_cost"] = measure_prediction_cost(self.model, self.spec.config.model)
         return TrainResult(
-            summary=self.run.summary(self.status, self.final_step, self.epochs_completed, duration),
+            summary=summary.model_copy(update=extra),
             device=str(self.device),
             checkpoint_written=path is not None and path.is_file(),
         )

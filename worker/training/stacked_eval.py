@@ -1,4 +1,4 @@
-"""Activation percentiles of all members at once (``act/<layer>/p15|p50|p85``).
+"""Probe telemetry of all members at once (``act/<layer>/p15|p50|p85``, ``units/<layer>/…``).
 
 The solo ``evaluation.activation_percentiles`` runs one eval-mode forward per member and sorts
 each layer's pre-activations (``torch.quantile``); here one batched eval-mode forward serves all
@@ -9,6 +9,8 @@ interpolated the same way: the same values, several times cheaper.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -16,6 +18,7 @@ import torch.nn.functional as F
 from worker.training.evaluation import PERCENTILES
 from worker.training.stacked import StackedMLP, linear
 from worker.training.stacked_bn import member_view
+from worker.training.units import inactive, unit_state
 
 # Rows of all members per eval forward: bounds memory like evaluation.EVAL_CHUNK does.
 EVAL_ROWS = 65536
@@ -57,12 +60,23 @@ def _eval_forward(model: StackedMLP, x: torch.Tensor) -> torch.Tensor:
 def stacked_percentiles(model: StackedMLP, probe: torch.Tensor) -> torch.Tensor:
     """``[K, n_layers, 3]`` percentiles of each member's pre-activations on its probe inputs
     ``probe`` ``[K, n, features]``, with BN on its moving averages. No host sync."""
+    return stacked_probe_telemetry(model, probe)[:, :, :3]
+
+
+@torch.no_grad()
+def stacked_probe_telemetry(model: StackedMLP, probe: torch.Tensor) -> torch.Tensor:
+    """``[K, n_layers, 4]``: each member's ``units.probe_telemetry`` (the three percentiles,
+    then the fraction of dead or saturated units; NaN for the logits). No host sync."""
     rows, x = [], probe
     for layer, eps in zip(model.layers, model._epsilon, strict=True):
         z = linear(x, layer.weight, layer.bias)
         if layer.running_mean is not None and layer.bn_first:
             z = _eval_bn(z, layer.running_mean, layer.running_var, layer.gamma, layer.beta, eps)
-        rows.append(_percentiles(z.flatten(1)))
+        if unit_state(layer.activation) is None:
+            fraction = torch.full((z.shape[0], 1), math.nan, dtype=z.dtype, device=z.device)
+        else:  # a unit is inactive on *every* probe input of its member: over dim 1
+            fraction = inactive(z, layer.activation).all(dim=1).float().mean(dim=1, keepdim=True)
+        rows.append(torch.cat([_percentiles(z.flatten(1)), fraction.to(z.dtype)], dim=1))
         x = layer.activation(z)
         if layer.running_mean is not None and not layer.bn_first:
             x = _eval_bn(x, layer.running_mean, layer.running_var, layer.gamma, layer.beta, eps)
