@@ -123,8 +123,10 @@ def test_stacked_batch_norm_with_shared_decay_and_epsilon_takes_torchs_kernel() 
 @pytest.mark.parametrize("activation", ["relu", "sigmoid"])
 def test_stacked_probe_telemetry_equals_each_members_solo_telemetry(activation: str) -> None:
     cfgs = [
-        make_config({"training": {"seed": s}, "model": {"activation": activation,
-                                                       "init": "normal", "init_std": [0.01, 1.0, 10.0][s]}})
+        make_config({
+            "training": {"seed": s},
+            "model": {"activation": activation, "init": "normal", "init_std": [0.01, 1.0, 10.0][s]},
+        })
         for s in range(3)
     ]
     models = []
