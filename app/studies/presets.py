@@ -111,6 +111,19 @@ STUDY_PRESETS: list[StudyPreset] = [
                   "training": {"epochs": 10, "batch_size": 50}},
          "factors": {"dataset.standardize": [False, True], **_BN}, "seeds": 4},
     ),
+    StudyPreset(
+        "bn-prediction-cost",
+        "2x100 ELU, He init: BN off/on, 4 seeds; every member times its prediction (as trained, "
+        "BN folded, no BN) at batch 1 and 1024",
+        "BN costs prediction time as trained (batch 1 most), and nothing once folded into the "
+        "linear layers; the accuracy effect is the response, the µs/sample are the "
+        "predict_us_* columns of results.csv and each member's summary.prediction_cost",
+        {"base": {**_IOFFE, "model": {"hidden_layers": [100, 100], "activation": "elu",
+                                      "init": "he_normal"},
+                  "optimizer": {"name": "sgd", "learning_rate": 0.1},
+                  "training": {"epochs": 10, "batch_size": 50, "measure_prediction_cost": True}},
+         "factors": _BN, "seeds": 4},
+    ),
 ]
 
 

@@ -141,7 +141,16 @@ def curves(session: Session, record: StudyRecord, metric: str, points: int) -> d
 
 
 SUMMARY_COLUMNS = ("steps", "epochs_completed", "final_test_accuracy", "best_val_accuracy",
-                   "final_loss", "diverged_at_step", "duration_s")
+                   "final_loss", "diverged_at_step", "duration_s", "collapsed_at_step")
+# The end-of-run prediction timing (issue 16), µs per sample, per batch size and model.
+_PREDICTION = [(b, m) for b in (1, 1024) for m in ("trained", "folded", "no_bn")]
+PREDICTION_COLUMNS = tuple(f"predict_us_b{b}_{m}" for b, m in _PREDICTION)
+
+
+def _prediction_cells(summary: dict[str, Any]) -> list[Any]:
+    """``PREDICTION_COLUMNS`` of one member ("" where the run did not time prediction)."""
+    by_batch = {c["batch_size"]: c for c in summary.get("prediction_cost") or []}
+    return [by_batch.get(b, {}).get(f"{m}_us", "") for b, m in _PREDICTION]
 
 
 def results_csv(session: Session, record: StudyRecord) -> str:
@@ -152,11 +161,11 @@ def results_csv(session: Session, record: StudyRecord) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["experiment_id", "cell", *spec.factors, "seed", "status", "response",
-                     "diverged", *SUMMARY_COLUMNS])
+                     "diverged", *SUMMARY_COLUMNS, *PREDICTION_COLUMNS])
     for m, o in zip(members, outcomes(session, spec, members), strict=True):
         summary = m.summary or {}
         writer.writerow([m.id, m.cell, *(grid[m.cell].labels if m.cell < len(grid) else ()),
                          m.seed, m.status, "" if o.response is None else o.response,
                          o.diverged, *("" if summary.get(k) is None else summary[k]
-                                       for k in SUMMARY_COLUMNS)])
+                                       for k in SUMMARY_COLUMNS), *_prediction_cells(summary)])
     return buffer.getvalue()
