@@ -79,19 +79,21 @@ def main() -> None:
             names = client.get(f"/api/v1/experiments/{experiment_id}/metrics/names").json()
             after = max((n["last_step"] for n in names), default=-1)
             probe = HealthProbe(base)
+            seconds: float = args.seconds
             steady: list[float] = []
 
             def held(streams: Streams) -> bool:
                 if not steady:  # every stream is open: measure from now on
                     probe.start()
                     steady.append(time.monotonic())
-                return time.monotonic() - steady[0] >= args.seconds
+                return time.monotonic() - steady[0] >= seconds
 
             try:
                 streams = asyncio.run(follow(base, experiment_id, after, args.streams, held))
             finally:
                 probe.stop.set()
-                probe.join()
+                if steady:  # started
+                    probe.join()
             client.post(f"/api/v1/experiments/{experiment_id}/cancel")
             wait_status(client, experiment_id, {"cancelled"})
     finally:
