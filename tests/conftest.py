@@ -8,11 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app.db.migrate import upgrade
 from app.db.session import engine_for, session_factory
+from tests.database import truncate_all
 from tests.db.ci import required_env
 
 POSTGRES_ENV = "NORMLAB_TEST_POSTGRES_URL"
@@ -34,11 +34,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         upgrade(url)
     else:
         url = request.getfixturevalue("postgres_url")
-        with engine_for(url).begin() as connection:
-            connection.execute(
-                text("TRUNCATE metric_points, experiment_tags, experiments, studies, api_keys "
-                     "CASCADE")
-            )
+        truncate_all(url)
     yield url
     if request.param == "sqlite":
         engine_for(url).dispose()

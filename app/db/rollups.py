@@ -79,6 +79,7 @@ WHERE p.experiment_id = %(experiment_id)s AND s.size = %(size)s
 GROUP BY 1, 2, 3, 4
 """
 
+
 def merge(cursor: Any, experiment_id: uuid.UUID, rows: list[tuple[Any, ...]]) -> None:
     """Add the summary of ``rows`` ((name, step, epoch, value, kind, wall_time), all of them
     new points) to the blocks they fall in."""

@@ -11,10 +11,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from app.core.config import Settings
-from app.db import lifecycle
+from app.db import lifecycle, metrics
 from app.db.lifecycle import Lease
 from app.db.models import Experiment
 from app.db.session import session_scope
+from worker.training.result import MetricPoint
 
 API = "/api/v1"
 
@@ -41,6 +42,12 @@ def submit(client: TestClient, body: dict[str, Any] | None = None, **kwargs: Any
     response = client.post(f"{API}/experiments", json=body if body is not None else {}, **kwargs)
     assert response.status_code == 202, response.text
     return response.json()
+
+
+def insert(settings: Settings, experiment_id: str, points: list[MetricPoint]) -> None:
+    """Store metric points the way the worker's sink does."""
+    with session_scope(settings.database_url) as session:
+        metrics.insert_points(session, uuid.UUID(experiment_id), points)
 
 
 def claim(settings: Settings, experiment_id: str) -> Lease:

@@ -12,21 +12,17 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from app.core.config import Settings
-from app.db import metrics
 from app.db.models import Experiment
 from app.db.session import engine_for, session_scope
 from app.main import create_app
-from tests.api.helpers import API, FakeDispatcher, set_status, submit
+from tests.api.helpers import API, FakeDispatcher, insert, set_status, submit
 from worker.training.result import MetricPoint
 
 ORIGIN = "http://dash.example"
 
 
-def insert(settings: Settings, experiment_id: str, step: int, name: str = "loss") -> None:
-    with session_scope(settings.database_url) as session:
-        metrics.insert_points(
-            session, uuid.UUID(experiment_id), [MetricPoint(name, step, 1, step / 10, 0.0)]
-        )
+def point(step: int, name: str = "loss") -> list[MetricPoint]:
+    return [MetricPoint(name, step, 1, step / 10, 0.0)]
 
 
 def paths(experiment_id: str) -> dict[str, str]:
@@ -44,7 +40,7 @@ def test_if_none_match_gives_304_until_a_change(
 ) -> None:
     experiment = submit(client, {})
     eid = experiment["id"]
-    insert(settings, eid, 1)
+    insert(settings, eid, point(1))
     url = paths(eid)[kind]
     first = client.get(url)
     assert first.status_code == 200
@@ -68,7 +64,7 @@ def test_if_none_match_gives_304_until_a_change(
     if kind == "experiment":
         set_status(settings, eid, "running")
     else:
-        insert(settings, eid, 2)
+        insert(settings, eid, point(2))
     changed = client.get(url, headers={"If-None-Match": tag})
     assert changed.status_code == 200
     assert changed.headers["etag"] != tag
@@ -82,7 +78,7 @@ def test_compare_etag_changes_when_any_experiment_changes(
     a, b = submit(client, {}), submit(client, {})
     url = f"{API}/compare?ids={a['id']},{b['id']}&names=loss,grad_norm/hidden1"
     tag = client.get(url).headers["etag"]
-    insert(settings, b["id"], 7, name="grad_norm/hidden1")
+    insert(settings, b["id"], point(7, name="grad_norm/hidden1"))
     response = client.get(url, headers={"If-None-Match": tag})
     assert response.status_code == 200 and response.headers["etag"] != tag
     tag = response.headers["etag"]

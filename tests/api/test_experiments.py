@@ -10,10 +10,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from app.core.config import Settings
-from app.db import metrics
 from app.db.models import Experiment, MetricPoint
 from app.db.session import session_scope
-from tests.api.helpers import API, FakeDispatcher, claim, finish, submit
+from tests.api.helpers import API, FakeDispatcher, claim, finish, insert, submit
 from worker.training.config import ExperimentConfig
 from worker.training.presets import build_config
 from worker.training.result import MetricPoint as EnginePoint
@@ -313,11 +312,7 @@ def test_delete_finished_removes_it_its_metrics_and_checkpoint(
     keep = submit(client, {"name": "keep"})
     gone = submit(client, {"name": "gone", "tags": ["x"]})
     for body in (keep, gone):
-        with session_scope(settings.database_url) as session:
-            metrics.insert_points(
-                session, uuid.UUID(body["id"]),
-                [EnginePoint("loss", s, 1, 1.0 / s, 1.0) for s in range(1, 6)],
-            )  # fmt: skip
+        insert(settings, body["id"], [EnginePoint("loss", s, 1, 1.0 / s, 1.0) for s in range(1, 6)])
     finish(settings, gone["id"])
     checkpoint = settings.checkpoint_path(gone["id"])
     checkpoint.parent.mkdir(parents=True)

@@ -10,15 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.core.config import Settings
-from app.db import metrics
-from app.db.session import session_scope
-from tests.api.helpers import API, submit
+from tests.api.helpers import API, insert, submit
 from worker.training.result import MetricPoint
-
-
-def insert(settings: Settings, experiment_id: str, points: list[MetricPoint]) -> None:
-    with session_scope(settings.database_url) as session:
-        metrics.insert_points(session, uuid.UUID(experiment_id), points)
 
 
 def ragged_points(steps: int = 12) -> list[MetricPoint]:

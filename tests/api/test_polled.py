@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from starlette.requests import Request
 
@@ -21,9 +20,11 @@ from app.api.routes.experiments import _get_experiment
 from app.cli.service import tcp_listener
 from app.core.config import Settings
 from app.db import keys, polling
-from app.db.session import engine_for, session_scope
+from app.db.session import session_scope
 from app.main import create_app
 from tests.api.helpers import API, FakeDispatcher, claim, finish, submit
+from tests.database import truncate_all
+from tests.waiting import HANG_S
 
 
 @pytest.fixture
@@ -148,17 +149,17 @@ def test_listener_gets_tcp_nodelay_on_accepted_connections() -> None:
     seen: list[int] = []
 
     async def main() -> None:
+        accepted = asyncio.Event()
+
         def on_connect(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             sock = writer.get_extra_info("socket")
             seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
             writer.close()
+            accepted.set()
 
         server = await asyncio.start_server(on_connect, sock=listener)
         _, writer = await asyncio.open_connection(*listener.getsockname()[:2])
-        for _ in range(100):
-            if seen:
-                break
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(accepted.wait(), HANG_S)
         writer.close()
         server.close()
 
@@ -171,9 +172,7 @@ def test_concurrent_first_polls_share_one_connection(
 ) -> None:
     """Polls of different experiments arriving together on a new app open one connection, not
     one each (only the last of which would have been kept)."""
-    with engine_for(postgres_url).begin() as connection:
-        connection.execute(text("TRUNCATE metric_points, metric_rollups, experiment_tags, "
-                                "experiments, api_keys CASCADE"))
+    truncate_all(postgres_url)
     deps._keys_exist.discard(postgres_url)
     settings = Settings(database_url=postgres_url, data_dir=tmp_path / "data",
                         artifacts_dir=tmp_path / "art")
@@ -181,14 +180,25 @@ def test_concurrent_first_polls_share_one_connection(
         ids = [uuid.UUID(submit(client, {"preset": "geron-bn"})["id"]) for _ in range(8)]
     opened: list[str] = []
     connect = polling.connect_async
+    fast = polled.Poller(settings)
+    get = fast.loop_connection.get
+    asking = 0
+    everyone_asked = asyncio.Event()
 
-    async def slow_connect(url: str) -> Any:
+    async def counted_get() -> Any:
+        nonlocal asking
+        asking += 1
+        if asking == len(ids):
+            everyone_asked.set()
+        return await get()
+
+    async def held_connect(url: str) -> Any:
         opened.append(url)
-        await asyncio.sleep(0.05)  # the others arrive while this one connects
+        await asyncio.wait_for(everyone_asked.wait(), HANG_S)  # every poll arrives meanwhile
         return await connect(url)
 
-    monkeypatch.setattr(polling, "connect_async", slow_connect)
-    fast = polled.Poller(settings)
+    monkeypatch.setattr(polling, "connect_async", held_connect)
+    monkeypatch.setattr(fast.loop_connection, "get", counted_get)
     request = Request({"type": "http", "method": "GET", "path": "/", "query_string": b"",
                        "headers": []})
 

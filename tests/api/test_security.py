@@ -15,9 +15,10 @@ from fastapi.testclient import TestClient
 
 from app.cli.service import exposure_problem
 from app.core.config import Settings
-from app.db import keys, metrics
+from app.db import keys
 from app.db.session import session_scope
-from tests.api.helpers import API, FakeDispatcher, finish
+from tests.api.helpers import API, FakeDispatcher, finish, insert
+from tests.waiting import HANG_S
 from worker.training.job import planned_steps
 from worker.training.presets import build_config
 from worker.training.result import MetricPoint
@@ -40,6 +41,7 @@ class Keys:
 
 @pytest.fixture
 def ks(client: TestClient, settings: Settings) -> Keys:
+    """API keys of two users (alice, bob) and an admin, on the client's database."""
     return Keys(settings)
 
 
@@ -96,8 +98,7 @@ def test_keys_are_stored_only_as_hashes(client: TestClient, settings: Settings, 
 
 def test_isolation_on_every_route(client: TestClient, settings: Settings, ks: Keys) -> None:
     mine = submit_as(client, ks.alice)
-    with session_scope(settings.database_url) as session:
-        metrics.insert_points(session, uuid.UUID(mine), [MetricPoint("loss", 1, 1, 0.5, 0.0)])
+    insert(settings, mine, [MetricPoint("loss", 1, 1, 0.5, 0.0)])
     settings.checkpoint_path(mine).parent.mkdir(parents=True, exist_ok=True)
     settings.checkpoint_path(mine).write_bytes(b"x" * 10)
     routes = [
@@ -182,7 +183,7 @@ def test_serve_refuses_to_start_exposed_without_keys(tmp_path: Path) -> None:
     env = {"NORMLAB_DATABASE_URL": f"sqlite:///{tmp_path}/x.db", "NORMLAB_DATA_DIR": str(tmp_path),
            "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-m", "app.cli.main", "serve", "--host", "0.0.0.0",
-                           "--port", "1"], env=env, capture_output=True, text=True, timeout=60,
+                           "--port", "1"], env=env, capture_output=True, text=True, timeout=HANG_S,
                           cwd=ROOT)
     assert done.returncode == 2
     assert "refusing to serve" in done.stderr and "127.0.0.1" in done.stderr
@@ -215,9 +216,7 @@ INJECTIONS = ["' OR '1'='1", "'; DROP TABLE experiments; --", "\" OR 1=1 --", "%
 def test_sql_injection_in_every_string_parameter(client: TestClient, settings: Settings,
                                                  attack: str) -> None:
     experiment = client.post(f"{API}/experiments", json=SMALL).json()["id"]
-    with session_scope(settings.database_url) as session:
-        metrics.insert_points(session, uuid.UUID(experiment),
-                              [MetricPoint("loss", s, 1, 1.0 / s, 0.0) for s in range(1, 50)])
+    insert(settings, experiment, [MetricPoint("loss", s, 1, 1.0 / s, 0.0) for s in range(1, 50)])
     probes = [
         ("GET", "/experiments", {"name": attack}), ("GET", "/experiments", {"tag": attack}),
         ("GET", "/experiments", {"status": attack}), ("GET", "/experiments", {"cursor": attack}),

@@ -10,9 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.core.config import Settings
-from app.db import metrics
-from app.db.session import session_scope
-from tests.api.helpers import API, submit
+from tests.api.helpers import API, insert, submit
 from worker.training.result import MetricPoint
 
 BUCKET_KEYS = {
@@ -21,10 +19,9 @@ BUCKET_KEYS = {
 }  # fmt: skip
 
 
-def insert(settings: Settings, experiment_id: str, name: str, values: dict[int, float]) -> None:
-    points = [MetricPoint(name, s, 1, v, 1000.0 + s) for s, v in values.items()]
-    with session_scope(settings.database_url) as session:
-        metrics.insert_points(session, uuid.UUID(experiment_id), points)
+def series(name: str, values: dict[int, float]) -> list[MetricPoint]:
+    """One metric's points: {step: value}."""
+    return [MetricPoint(name, s, 1, v, 1000.0 + s) for s, v in values.items()]
 
 
 def get_series(client: TestClient, experiment_id: str, name: str, **params: Any) -> Any:
@@ -50,7 +47,7 @@ def test_series_buckets_with_spike_and_non_finite(client: TestClient, settings: 
     values[517] = 1e9
     values[3] = -5.0
     values[601], values[602], values[700] = math.nan, math.inf, -math.inf
-    insert(settings, experiment["id"], "loss", values)
+    insert(settings, experiment["id"], series("loss", values))
     body = ok(get_series(client, experiment["id"], "loss", points=10))
     assert body["name"] == "loss" and body["points"] == 10 and body["raw"] is False
     assert (body["from_step"], body["to_step"]) == (1, 1000)
@@ -79,7 +76,7 @@ def test_series_buckets_with_spike_and_non_finite(client: TestClient, settings: 
 def test_series_default_points_and_raw_mode(client: TestClient, settings: Settings) -> None:
     experiment = submit(client, {})
     values = {s: float(s) for s in range(0, 1200, 2)}  # 600 points: more than the default 500
-    insert(settings, experiment["id"], "loss", values)
+    insert(settings, experiment["id"], series("loss", values))
     body = ok(get_series(client, experiment["id"], "loss"))
     assert body["points"] == 500 and body["raw"] is False and len(body["buckets"]) <= 500
     assert sum(b["count"] for b in body["buckets"]) == 600
@@ -97,7 +94,7 @@ def test_series_all_non_finite_bucket_is_null_valued_with_counts(
     experiment = submit(client, {})
     values = {s: 2.0 for s in range(1, 9)}
     values.update({5: math.nan, 6: math.inf, 7: -math.inf, 8: math.nan})
-    insert(settings, experiment["id"], "loss", values)
+    insert(settings, experiment["id"], series("loss", values))
     body = ok(get_series(client, experiment["id"], "loss", points=2))
     assert body["raw"] is False
     bad = body["buckets"][1]
@@ -117,7 +114,7 @@ def test_series_all_non_finite_bucket_is_null_valued_with_counts(
 
 def test_series_zoom_with_from_and_to(client: TestClient, settings: Settings) -> None:
     experiment = submit(client, {})
-    insert(settings, experiment["id"], "loss", {s: float(s % 13) for s in range(1, 2001)})
+    insert(settings, experiment["id"], series("loss", {s: float(s % 13) for s in range(1, 2001)}))
     body = ok(get_series(client, experiment["id"], "loss", points=50, from_step=101, to_step=600))
     assert (body["from_step"], body["to_step"]) == (101, 600)
     buckets = body["buckets"]
@@ -138,8 +135,8 @@ def test_series_metric_names_with_slashes(
     client: TestClient, settings: Settings, name: str
 ) -> None:
     experiment = submit(client, {})
-    insert(settings, experiment["id"], name, {s: float(s) for s in range(1, 31)})
-    insert(settings, experiment["id"], "grad_norm", {s: -1.0 for s in range(1, 31)})
+    insert(settings, experiment["id"], series(name, {s: float(s) for s in range(1, 31)}))
+    insert(settings, experiment["id"], series("grad_norm", {s: -1.0 for s in range(1, 31)}))
     body = ok(get_series(client, experiment["id"], name, points=3))
     assert body["name"] == name
     assert [(b["min"], b["max"], b["count"]) for b in body["buckets"]] == [
@@ -149,7 +146,7 @@ def test_series_metric_names_with_slashes(
 
 def test_series_bounds_and_bad_inputs(client: TestClient, settings: Settings) -> None:
     experiment = submit(client, {})
-    insert(settings, experiment["id"], "loss", {1: 1.0, 2: 2.0})
+    insert(settings, experiment["id"], series("loss", {1: 1.0, 2: 2.0}))
     eid = experiment["id"]
     assert ["query", "points"] in locs(get_series(client, eid, "loss", points=0))
     assert ["query", "points"] in locs(get_series(client, eid, "loss", points=5001))
@@ -190,10 +187,10 @@ def test_compare_shared_axis_aligned_buckets_and_config_diff(
         {"name": "cmp", "model": {"batch_norm": {"enabled": False}}, "clipping": {"mode": "norm"}},
     )
     clip = submit(client, {"name": "cmp", "clipping": {"mode": "value", "threshold": 0.5}})
-    insert(settings, base["id"], "loss", {s: 1.0 / s for s in range(1, 1001)})
-    insert(settings, no_bn["id"], "loss", {s: 2.0 for s in range(1, 401)})  # diverged early
-    insert(settings, no_bn["id"], "grad_norm/hidden1", {s: float(s) for s in range(1, 401)})
-    insert(settings, clip["id"], "loss", {s: 3.0 for s in range(501, 1001, 5)})
+    insert(settings, base["id"], series("loss", {s: 1.0 / s for s in range(1, 1001)}))
+    insert(settings, no_bn["id"], series("loss", {s: 2.0 for s in range(1, 401)}))  # diverged early
+    insert(settings, no_bn["id"], series("grad_norm/hidden1", {s: float(s) for s in range(1, 401)}))
+    insert(settings, clip["id"], series("loss", {s: 3.0 for s in range(501, 1001, 5)}))
     ids = ",".join(e["id"] for e in (base, no_bn, clip))
     body = ok(compare(client, ids=ids, names="loss,grad_norm/hidden1", points=10))
     assert body["axis"] == {"from_step": 1, "to_step": 1000, "points": 10}
@@ -225,7 +222,7 @@ def test_compare_shared_axis_aligned_buckets_and_config_diff(
 
 def test_compare_default_names_and_duplicate_ids(client: TestClient, settings: Settings) -> None:
     experiment = submit(client, {})
-    insert(settings, experiment["id"], "loss", {1: 1.0, 2: 2.0})
+    insert(settings, experiment["id"], series("loss", {1: 1.0, 2: 2.0}))
     body = ok(compare(client, ids=f"{experiment['id']}, {experiment['id']}"))
     assert len(body["experiments"]) == 1
     assert set(body["experiments"][0]["series"]) == {"loss"}

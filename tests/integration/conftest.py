@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.waiting import HANG_S
+
 TERMINAL = {"succeeded", "diverged", "failed", "cancelled"}
 
 
@@ -49,7 +51,7 @@ class Process:
             start_new_session=True,
         )
 
-    def wait_for_log(self, text: str, timeout: float = 60) -> None:
+    def wait_for_log(self, text: str, timeout: float = HANG_S) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if text in self.log.read_text(errors="replace"):
@@ -112,7 +114,7 @@ def start_api(env: dict[str, str], tmp: Path, *extra: str) -> tuple[Process, str
     argv = [sys.executable, "-m", "app.cli.main", "serve", "--port", str(port), *extra]
     api = Process(argv, env, tmp / "api.log", tmp)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + HANG_S
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
@@ -128,7 +130,7 @@ def start_api(env: dict[str, str], tmp: Path, *extra: str) -> tuple[Process, str
 
 def get_json(client: httpx.Client, path: str, **params: Any) -> Any:
     """GET as a well-behaved client does: a 503 (database restarting) is retried, not fatal."""
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + HANG_S
     while True:
         response = client.get(path, params=params or None)
         if response.status_code != 503 or time.monotonic() > deadline:
@@ -138,7 +140,7 @@ def get_json(client: httpx.Client, path: str, **params: Any) -> Any:
 
 
 def wait_status(
-    client: httpx.Client, experiment_id: str, statuses: set[str], timeout: float = 120
+    client: httpx.Client, experiment_id: str, statuses: set[str], timeout: float = HANG_S
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     body: dict[str, Any] = {}

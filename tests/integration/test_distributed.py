@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import httpx
 from sqlalchemy import create_engine, text
 
 from tests.integration.conftest import SMALL, TERMINAL, all_points, service_env, wait_status
+from tests.waiting import HANG_S, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,14 +63,12 @@ def test_cancel_running_experiment(distributed: httpx.Client) -> None:
     body = {**SMALL, "training": {"epochs": 1000, "batch_size": 16}}
     experiment = submit(distributed, body)
     wait_status(distributed, experiment["id"], {"running"})
-    time.sleep(1.0)
+    wait_until(lambda: all_points(distributed, experiment["id"], names="loss"), "training steps")
     response = distributed.post(f"/api/v1/experiments/{experiment['id']}/cancel")
     assert response.status_code == 202
     assert response.json()["status"] in ("cancelling", "cancelled")
-    started = time.monotonic()
-    done = wait_status(distributed, experiment["id"], TERMINAL, timeout=30)
+    done = wait_status(distributed, experiment["id"], TERMINAL)  # 1000 epochs: only if cancelled
     assert done["status"] == "cancelled"
-    assert time.monotonic() - started < 10
     assert distributed.post(f"/api/v1/experiments/{experiment['id']}/cancel").status_code == 409
 
 
@@ -111,7 +109,7 @@ def test_api_refuses_an_unmigrated_postgres(postgres_url: str, tmp_path: Path) -
             env=env,
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=HANG_S,
             cwd=ROOT,
         )
         assert done.returncode == 2

@@ -19,6 +19,7 @@ from tests.integration.conftest import (
     start_api,
     wait_status,
 )
+from tests.waiting import HANG_S
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,7 +51,7 @@ def test_embedded_serve_trains_and_cancels(embedded: tuple[httpx.Client, Path]) 
     ).json()
     wait_status(client, long["id"], {"running"})
     assert client.post(f"/api/v1/experiments/{long['id']}/cancel").status_code == 202
-    assert wait_status(client, long["id"], TERMINAL, timeout=30)["status"] == "cancelled"
+    assert wait_status(client, long["id"], TERMINAL)["status"] == "cancelled"
 
 
 def test_embedded_worker_is_a_separate_process(embedded: tuple[httpx.Client, Path]) -> None:
@@ -81,7 +82,7 @@ def test_cli_submit_watch_and_status(embedded: tuple[httpx.Client, Path], tmp_pa
         ],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=HANG_S,
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr
@@ -91,7 +92,7 @@ def test_cli_submit_watch_and_status(embedded: tuple[httpx.Client, Path], tmp_pa
         [*cli, "status", experiment_id, "--url", base],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=HANG_S,
         cwd=ROOT,
     )
     assert shown.returncode == 0 and "final_test_accuracy" in shown.stdout

@@ -9,9 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 
-from app.db.session import engine_for
+from tests.database import truncate_all
 from tests.integration.conftest import (
     TERMINAL,
     get_json,
@@ -66,9 +65,7 @@ def stack(postgres_url: str, redis_url: str,
     tmp = tmp_path_factory.mktemp("studies")
     redis.Redis.from_url(redis_url).flushdb()
     upgrade(postgres_url)
-    with engine_for(postgres_url).begin() as connection:  # quotas count what others left
-        connection.execute(text("TRUNCATE metric_points, metric_rollups, experiment_tags, "
-                                "experiments, studies, api_keys CASCADE"))
+    truncate_all(postgres_url)  # quotas count what others left
     env = service_env(tmp, NORMLAB_DATABASE_URL=postgres_url, NORMLAB_BROKER_URL=redis_url,
                       NORMLAB_TORCH_THREADS="1")
     workers = [start_worker(env, tmp, name) for name in ("s1", "s2")]

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.waiting import HANG_S
+
 ROOT = Path(__file__).resolve().parents[2]
 ENGINE = ROOT / "worker" / "training"
 FORBIDDEN = {"celery", "sqlalchemy", "fastapi", "starlette", "app", "redis", "kombu"}
@@ -53,6 +55,6 @@ def test_importing_the_job_loads_no_service_library() -> None:
         "assert not loaded, loaded"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=HANG_S
     )
     assert done.returncode == 0, done.stderr

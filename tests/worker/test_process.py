@@ -6,8 +6,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
+from tests.waiting import HANG_S
 from worker import shutdown
 
 
@@ -22,10 +22,10 @@ def test_child_pids_and_forwarding_reach_a_job_process() -> None:
             sys.executable,
             "-c",
             (
-                "import signal, sys, time\n"
+                "import signal, sys\n"
                 "signal.signal(signal.SIGUSR2, lambda *a: sys.exit(7))\n"
                 "print('ready', flush=True)\n"
-                "time.sleep(30)\n"
+                "signal.pause()\n"
             ),
         ],
         stdout=subprocess.PIPE,
@@ -33,7 +33,7 @@ def test_child_pids_and_forwarding_reach_a_job_process() -> None:
     assert child.stdout is not None and child.stdout.readline().strip() == b"ready"
     assert child.pid in shutdown.child_pids(os.getpid())
     shutdown.forward_to_children()
-    assert child.wait(timeout=10) == 7
+    assert child.wait(timeout=HANG_S) == 7
 
 
 def test_job_handlers_turn_sigterm_into_a_request() -> None:
@@ -42,8 +42,7 @@ def test_job_handlers_turn_sigterm_into_a_request() -> None:
         shutdown.install_job_handlers()
         assert not shutdown.requested.is_set()
         os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.05)
-        assert shutdown.requested.is_set()
+        assert shutdown.requested.wait(HANG_S)
     finally:
         signal.signal(signal.SIGTERM, saved[0])
         signal.signal(signal.SIGUSR2, saved[1])

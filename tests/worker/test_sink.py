@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
@@ -12,6 +11,7 @@ from app.core.config import Settings
 from app.db import experiments, lifecycle, metrics
 from app.db.lifecycle import Lease
 from app.db.session import session_scope
+from tests.waiting import wait_until
 from worker.dbretry import DatabaseOutageError, with_retry
 from worker.sink import MetricSink
 from worker.training.result import MetricPoint
@@ -54,10 +54,8 @@ def test_cancel_request_reaches_should_stop(settings: Settings) -> None:
     assert not sink.should_stop()
     with session_scope(settings.database_url) as session:
         experiments.request_cancel(session, lease.experiment_id)
-    deadline = time.monotonic() + 5
-    while not sink.should_stop() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert sink.should_stop() and sink.cancel_requested
+    wait_until(sink.should_stop, "the cancel request to reach the sink")
+    assert sink.cancel_requested
     sink.close()
 
 
