@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +18,7 @@ from app.db.models import Experiment
 from app.db.session import session_scope
 
 API = "/api/v1"
+FUZZ_CASES: Counter[str] = Counter()  # cases run per fuzzer (test_fuzz), for the summary
 
 
 class FakeDispatcher:

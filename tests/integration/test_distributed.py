@@ -120,3 +120,33 @@ def test_api_refuses_an_unmigrated_postgres(postgres_url: str, tmp_path: Path) -
         with admin.connect() as connection:
             connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         admin.dispose()
+
+
+def test_raw_header_bytes_get_an_answer_not_a_500(distributed: httpx.Client) -> None:
+    """Through the real server (uvicorn's parser): the byte B2 is "²" in Latin-1, a digit to
+    str.isdigit() but not to int()."""
+    import http.client
+    import json
+
+    experiment = submit(distributed, {**SMALL, "training": {"epochs": 1, "batch_size": 64}})
+    done = wait_status(distributed, experiment["id"], TERMINAL)
+    url = distributed.base_url
+    path = f"/api/v1/experiments/{experiment['id']}"
+
+    def raw_get(suffix: str, headers: dict[str, bytes]) -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection(url.host, url.port, timeout=30)
+        try:
+            connection.request("GET", path + suffix, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    for value in (b"\xb2", b"\xb9\xb2", "²".encode()):
+        status, body = raw_get("/stream", {"Last-Event-ID": value})
+        assert status == 200, body  # no id this API sent: the stream starts from the beginning
+        assert b"id: " in body and b"event: end" in body
+    status, body = raw_get("", {"If-None-Match": b"\xb2"})
+    assert status == 400 and b"If-None-Match" in body
+    assert json.loads(raw_get("", {"If-None-Match": b"*"})[1] or b"{}") == {}  # 304, no body
+    assert done["status"] == "succeeded"

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.api import polled
+from app.api import headers, polled
 from app.api.deps import (
     DispatcherDep,
     PrincipalDep,
@@ -141,7 +141,10 @@ def submit_experiment(
     dispatcher: DispatcherDep,
     principal: PrincipalDep,
     body: Annotated[Any, Body()],
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: Annotated[str | None, Header(
+        max_length=headers.IDEMPOTENCY_KEY_MAX, pattern=headers.IDEMPOTENCY_KEY_PATTERN,
+        description="Printable ASCII: a retry with the same key and body returns the same "
+                    "experiment")] = None,
 ) -> ExperimentOut:
     """Queue an experiment. The config may start from a `preset`; unset fields take defaults."""
     config, tags = _validate_submission(body)
