@@ -8,6 +8,8 @@ Starlette decodes header bytes as Latin-1, so any byte can arrive: ``str.isdigit
 from __future__ import annotations
 
 import re
+import unicodedata
+from urllib.parse import quote
 
 from fastapi import HTTPException
 
@@ -59,3 +61,30 @@ def bearer_token(value: str) -> str:
         raise MalformedAuthorizationError("malformed Authorization header: expected "
                                           "'Bearer <key>'")
     return match.group(2)
+
+
+_UNSAFE_ASCII = re.compile(r"[^A-Za-z0-9_.-]+")
+_DOTS = re.compile(r"\.{2,}")
+
+
+def _token(text: str, allowed: re.Pattern[str] | None) -> str:
+    """``text`` with every run of other characters made one ``_``, no ``..``, and no dot, dash
+    or underscore at either end: a file name on every system, never a path or a hidden file."""
+    if allowed is not None:
+        text = allowed.sub("_", text)
+    else:  # letters and digits of any script survive (the filename* form)
+        text = re.sub(r"_+", "_", "".join(
+            ch if ch in "-_." or unicodedata.category(ch)[0] in "LN" else "_" for ch in text))
+    return _DOTS.sub(".", text).strip("._-")
+
+
+def attachment(name: str, experiment_id: object, suffix: str) -> str:
+    """A ``Content-Disposition`` for a download named after an experiment: the user's name is
+    reduced to a safe ASCII token plus the id (``filename``); a name with other letters also
+    gets the RFC 6266 / 8187 ``filename*`` form, which clients that know it prefer."""
+    ascii_name = "-".join(filter(None, (_token(name, _UNSAFE_ASCII), str(experiment_id))))
+    value = f'attachment; filename="{ascii_name}{suffix}"'
+    unicode_name = "-".join(filter(None, (_token(name, None), str(experiment_id))))
+    if unicode_name != ascii_name:
+        value += f"; filename*=UTF-8''{quote(unicode_name + suffix, safe='')}"
+    return value

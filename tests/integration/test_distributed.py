@@ -23,7 +23,8 @@ def submit(client: httpx.Client, body: dict) -> dict:
 
 
 def test_experiment_trains_to_success_with_every_step_once(distributed: httpx.Client) -> None:
-    experiment = submit(distributed, {**SMALL, "preset": "geron-bn", "tags": ["it"]})
+    experiment = submit(distributed, {**SMALL, "preset": "geron-bn", "tags": ["it"],
+                                      "name": "../../x/bob-run"})
     done = wait_status(distributed, experiment["id"], TERMINAL)
     assert done["status"] == "succeeded", done
     assert done["attempt"] == 1 and done["worker"] and done["device"] == "cpu"
@@ -41,6 +42,8 @@ def test_experiment_trains_to_success_with_every_step_once(distributed: httpx.Cl
     assert {"grad_norm", "clip_fraction", "bn/hidden1/running_var_mean"} <= names
     checkpoint = distributed.get(f"/api/v1/experiments/{experiment['id']}/checkpoint")
     assert checkpoint.status_code == 200 and len(checkpoint.content) > 1000
+    assert checkpoint.headers["content-disposition"] == (
+        f'attachment; filename="x_bob-run-{experiment["id"]}.safetensors"')
 
 
 def test_diverging_experiment_keeps_its_points(distributed: httpx.Client) -> None:

@@ -248,5 +248,6 @@ def get_checkpoint(
     path = settings.checkpoint_path(experiment_id)
     if not path.is_file():
         raise HTTPException(404, f"experiment {experiment_id} has no checkpoint yet")
+    disposition = headers.attachment(row.name, experiment_id, ".safetensors")
     return FileResponse(path, media_type="application/octet-stream",
-                        filename=f"{row.name}-{experiment_id}.safetensors")
+                        headers={"Content-Disposition": disposition})
