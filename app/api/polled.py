@@ -53,7 +53,7 @@ class _Row:
         self.id = experiment_id
         (self.name, self.status, config, self.created_at, self.started_at, self.finished_at,
          self.device, self.worker, self.attempt, self.error, summary, self.study_id,
-         self.study_cell, self.study_seed) = values
+         self.study_cell, self.study_seed, self.dispatch_count) = values
         self.config = json.loads(config)
         self.summary = json.loads(summary) if summary is not None else None
 

@@ -80,9 +80,11 @@ def run_reconciler(once: bool) -> None:
     settings = get_settings()
     dispatcher = CeleryDispatcher(settings)
     if once:
-        sweep = reconcile_once(settings, dispatcher)
-        typer.echo(f"re-sent {len(sweep.resend)}, requeued {sweep.requeued}, "
-                   f"failed {sweep.failed}, cancelled {sweep.cancelled}")
+        done = reconcile_once(settings, dispatcher)
+        sweep = done.sweep
+        typer.echo(f"queued past the grace period {done.past_grace} (a message in the broker "
+                   f"for {done.in_broker}), re-sent {len(done.resent)}, requeued "
+                   f"{sweep.requeued}, failed {sweep.failed}, cancelled {sweep.cancelled}")
         return
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -38,6 +38,10 @@ class FakeDispatcher:
         if self.ping_error is not None:
             raise self.ping_error
 
+    def waiting(self, delivered_s: float) -> set[uuid.UUID]:
+        """As if the broker still held every message sent."""
+        return {experiment_id for experiment_id, _ in self.sent}
+
 
 def submit(client: TestClient, body: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
     response = client.post(f"{API}/experiments", json=body if body is not None else {}, **kwargs)

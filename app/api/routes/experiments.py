@@ -66,7 +66,7 @@ def to_out(row: Experiment, tags: list[str]) -> ExperimentOut:
         config=ExperimentConfig.model_validate(row.config),
         created_at=_aware(row.created_at), started_at=_aware(row.started_at),
         finished_at=_aware(row.finished_at), device=row.device, worker=row.worker,
-        attempt=row.attempt, error=row.error,
+        attempt=row.attempt, dispatch_count=row.dispatch_count, error=row.error,
         summary=TrainSummary.model_validate(row.summary) if row.summary else None,
         study=None if row.study_id is None else StudyMembership(
             id=row.study_id, cell=row.study_cell or 0, seed=row.study_seed or 0),
