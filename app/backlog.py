@@ -3,9 +3,9 @@ broker's own data, so the reconciler re-sends exactly what the broker lost (docs
 
 - Redis (kombu's layout): each queue is a list (one more per priority step), and a message a
   worker has taken but not acknowledged sits in the ``unacked`` hash, its delivery time in the
-  ``unacked_index`` sorted set. A delivered message counts as waiting only for ``delivered_s``:
-  a live worker claims its experiment within seconds; one that died first left it there (Redis
-  would hand it out again only after the visibility timeout, hours).
+  ``unacked_index`` sorted set. A delivered message counts as waiting only for ``delivered_s``
+  (``NORMLAB_CLAIM_WINDOW_S``): a live worker claims its experiment within seconds; one that died
+  first left it there (Redis would hand it out again only after the visibility timeout, hours).
 - The embedded filesystem queue: one file per message in the messages folder, removed when a
   worker takes it.
 

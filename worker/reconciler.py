@@ -44,7 +44,7 @@ def reconcile_once(settings: Settings, dispatcher: Dispatcher) -> Pass:
     if candidates:
         # Read after the database: a message taken meanwhile makes at worst a duplicate, which
         # the worker refuses; a message sent meanwhile was for an experiment not yet past grace.
-        held = dispatcher.waiting(delivered_s=settings.queued_grace_s)
+        held = dispatcher.waiting(delivered_s=settings.claim_window_s)
         lost = [experiment_id for experiment_id in candidates if experiment_id not in held]
         result.in_broker = len(candidates) - len(lost)
         with session_scope(settings.database_url) as session:
