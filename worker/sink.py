@@ -16,9 +16,12 @@ In the training process two threads remain: one pickles pending points (plain tu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
+import os
 import pickle
+import signal
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -52,13 +55,21 @@ class MetricSink:
         self.lease_lost = False
         self.error: str | None = None
         # Forked before any thread of this sink exists; the writer needs no torch, only the
-        # database modules this process has imported already.
-        context = multiprocessing.get_context("fork")
-        self._connection, theirs = context.Pipe()
-        self._writer = context.Process(
-            target=metric_writer.run, name="metric-writer", daemon=True,
-            args=(theirs, database_url, lease, flush_every_s, outage_limit_s))
-        self._writer.start()
+        # database modules this process has imported already. A plain fork, not
+        # multiprocessing.Process: a Celery job process counts as a daemon, which may not have
+        # children of multiprocessing's own.
+        self._connection, theirs = multiprocessing.Pipe()
+        self._writer_pid = os.fork()
+        if self._writer_pid == 0:  # the writer
+            status = 1
+            try:
+                self._connection.close()
+                metric_writer.run(theirs, database_url, lease, flush_every_s, outage_limit_s)
+                status = 0
+            except BaseException:
+                log.exception("metric writer failed")
+            finally:
+                os._exit(status)  # never the job process's own exit path (atexit, Celery)
         theirs.close()
         self._sender = threading.Thread(target=self._send, name="metric-sender", daemon=True)
         self._receiver = threading.Thread(target=self._receive, name="metric-replies",
@@ -98,11 +109,10 @@ class MetricSink:
             self._closing = True
             self._cond.notify_all()
         self._sender.join()
-        self._receiver.join()
-        self._writer.join(30)
-        if self._writer.is_alive():  # it answered "closed" or failed: it has nothing left
-            self._writer.kill()
-            self._writer.join()
+        self._receiver.join()  # the writer answered "closed" or failed: it has nothing left
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self._writer_pid, signal.SIGKILL)
+        os.waitpid(self._writer_pid, 0)
         self._connection.close()
 
     def _alive(self) -> bool:

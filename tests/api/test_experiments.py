@@ -21,7 +21,7 @@ from worker.training.result import TrainSummary
 
 EXPERIMENT_FIELDS = {
     "id", "name", "tags", "status", "config", "created_at", "started_at", "finished_at",
-    "device", "worker", "attempt", "error", "summary", "study",
+    "device", "worker", "attempt", "dispatch_count", "error", "summary", "study",
 }  # fmt: skip
 
 
@@ -43,6 +43,7 @@ def test_submit_returns_202_location_and_the_experiment(
     uuid.UUID(body["id"])
     assert response.headers["location"] == f"{API}/experiments/{body['id']}"
     assert body["name"] == "first"
+    assert body["dispatch_count"] == 1  # sent once, after the commit
     assert body["tags"] == ["bn", "demo"]
     assert body["status"] == "queued"
     assert body["attempt"] == 0
