@@ -25,6 +25,9 @@ class Dispatcher(Protocol):
         by a worker less than ``delivered_s`` ago. Raises if the broker is unreachable."""
 
 
+QUEUES = ("gpu", "cpu")  # what queue_for can answer
+
+
 def queue_for(device: str, settings: Settings) -> str:
     """The config's device routes the job: cuda* → gpu, cpu → cpu, auto → the configured default."""
     if device.startswith("cuda"):
@@ -46,8 +49,6 @@ class CeleryDispatcher:
         self.app.send_task(self.task_name, args=[str(experiment_id)], queue=queue)
 
     def waiting(self, delivered_s: float) -> set[uuid.UUID]:
-        from worker.celery_app import QUEUES
-
         if self.settings.broker_url is None:
             return backlog.in_folder(self.settings.queue_dir / "messages", QUEUES, self.task_name)
         return backlog.in_redis(self.settings.broker_url, QUEUES, self.task_name, delivered_s)
