@@ -8,6 +8,7 @@ from typing import Protocol
 
 from celery import Celery
 
+from app import backlog
 from app.core.config import Settings
 
 log = logging.getLogger(__name__)
@@ -18,6 +19,13 @@ class Dispatcher(Protocol):
 
     def ping(self) -> None:
         """Raise if the broker is unreachable."""
+
+    def waiting(self, delivered_s: float) -> set[uuid.UUID]:
+        """The experiments the broker holds a message for (``app.backlog``): queued, or taken
+        by a worker less than ``delivered_s`` ago. Raises if the broker is unreachable."""
+
+
+QUEUES = ("gpu", "cpu")  # what queue_for can answer
 
 
 def queue_for(device: str, settings: Settings) -> str:
@@ -39,6 +47,11 @@ class CeleryDispatcher:
 
     def send(self, experiment_id: uuid.UUID, queue: str) -> None:
         self.app.send_task(self.task_name, args=[str(experiment_id)], queue=queue)
+
+    def waiting(self, delivered_s: float) -> set[uuid.UUID]:
+        if self.settings.broker_url is None:
+            return backlog.in_folder(self.settings.queue_dir / "messages", QUEUES, self.task_name)
+        return backlog.in_redis(self.settings.broker_url, QUEUES, self.task_name, delivered_s)
 
     def ping(self) -> None:
         if self.settings.embedded:

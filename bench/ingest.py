@@ -1,6 +1,7 @@
 """Metric ingest: points/s the worker's sink writes into Postgres, and what the sink costs training.
 
     python3 bench/ingest.py --database-url postgresql+psycopg://postgres@127.0.0.1/normlab_bench
+    python3 bench/ingest.py --database-url ... --tracking-cost   # worker vs `normlab train`
 
 Creates (and drops) its experiments in that database; migrates it first.
 """
@@ -89,8 +90,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--names", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tracking-cost", action="store_true",
+                        help="What tracking costs the engine (bench/tracking.py), then exit")
     args = parser.parse_args()
     upgrade(args.database_url)
+    if args.tracking_cost:
+        from bench.tracking import tracking_cost
+
+        for name, cli, worker in tracking_cost(args.database_url, args.repeats):
+            print(f"{name}: step span `normlab train` {cli:.2f} s, worker {worker:.2f} s "
+                  f"(medians of {args.repeats}): tracking costs {(worker / cli - 1) * 100:+.1f}%")
+        return
     config = build_config(
         {
             "dataset": {"name": "synthetic", "synthetic": {"samples": 12_000}},

@@ -9,6 +9,7 @@ returned to the driver when the job ends.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import signal
 import subprocess
@@ -62,6 +63,10 @@ def create_celery(settings: Settings) -> Celery:
 
 def _in_pool_child(**_: object) -> None:
     dispose_after_fork()
+    # What the job process inherits (torch, Celery, SQLAlchemy) lives as long as it does: keep it
+    # out of the collector's full passes, which the training loop's allocations trigger.
+    gc.collect()
+    gc.freeze()
     threads = get_settings().torch_threads
     if threads is not None:
         import torch

@@ -1,11 +1,18 @@
-"""The reconciler: re-sends queued experiments the broker lost, takes back experiments whose
-worker stopped heart-beating, and enforces the run-time limit. Safe to run anywhere, many times
-over: every change it makes is a conditional update."""
+"""The reconciler: re-sends queued experiments whose message the broker lost, takes back
+experiments whose worker stopped heart-beating, and enforces the run-time limit. Safe to run
+anywhere, many times over: every change it makes is a conditional update.
+
+The re-send rule (docs/reliability.md): an experiment queued past the grace period is sent
+again only if the broker holds no message for it (``app.backlog``). One waiting behind busy
+workers keeps its single message, however long it waits.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+import uuid
+from dataclasses import dataclass, field
 
 from app.core.config import Settings
 from app.db import lifecycle
@@ -15,19 +22,58 @@ from app.dispatch import Dispatcher, queue_for
 log = logging.getLogger(__name__)
 
 
-def reconcile_once(settings: Settings, dispatcher: Dispatcher) -> lifecycle.Sweep:
+@dataclass
+class Pass:
+    """What one reconciler pass did."""
+
+    sweep: lifecycle.Sweep
+    past_grace: int = 0  # queued past the grace period
+    in_broker: int = 0  # ...of which the broker still holds a message for
+    resent: list[lifecycle.Dispatch] = field(default_factory=list)  # ...the others, sent again
+    send_failures: int = 0
+
+
+def reconcile_once(settings: Settings, dispatcher: Dispatcher) -> Pass:
     with session_scope(settings.database_url) as session:
         sweep = lifecycle.sweep(
-            session, queued_grace_s=settings.queued_grace_s,
-            heartbeat_timeout_s=settings.heartbeat_timeout_s,
+            session, heartbeat_timeout_s=settings.heartbeat_timeout_s,
             max_attempts=settings.max_attempts, max_run_s=settings.max_run_s,
         )
-    for experiment_id, device in sweep.resend:
-        dispatcher.send(experiment_id, queue_for(device, settings))
-    if sweep.resend or sweep.failed or sweep.cancelled:
-        log.info("reconciler: re-sent %d (requeued %d), failed %d, cancelled %d",
-                 len(sweep.resend), sweep.requeued, sweep.failed, sweep.cancelled)
-    return sweep
+        candidates = lifecycle.queued_past_grace(session, queued_grace_s=settings.queued_grace_s)
+    result = Pass(sweep, past_grace=len(candidates))
+    if candidates:
+        # Read after the database: a message taken meanwhile makes at worst a duplicate, which
+        # the worker refuses; a message sent meanwhile was for an experiment not yet past grace.
+        held = dispatcher.waiting(delivered_s=settings.claim_window_s)
+        lost = [experiment_id for experiment_id in candidates if experiment_id not in held]
+        result.in_broker = len(candidates) - len(lost)
+        with session_scope(settings.database_url) as session:
+            result.resent = lifecycle.count_resends(session, lost,
+                                                    queued_grace_s=settings.queued_grace_s)
+        log.info("reconciler: %d queued past the grace period, %d with a message in the broker, "
+                 "re-sending %d", result.past_grace, result.in_broker, len(result.resent))
+    for dispatch in sweep.resend:
+        result.send_failures += _send(settings, dispatcher, dispatch, "its worker was lost")
+    for dispatch in result.resent:
+        result.send_failures += _send(settings, dispatcher, dispatch, "no message in the broker")
+    if sweep.requeued or sweep.failed or sweep.cancelled:
+        log.info("reconciler: requeued %d, failed %d, cancelled %d",
+                 sweep.requeued, sweep.failed, sweep.cancelled)
+    return result
+
+
+def _send(settings: Settings, dispatcher: Dispatcher, dispatch: lifecycle.Dispatch,
+          reason: str) -> int:
+    """Send one; a failure is logged and left for a later pass (it stays queued)."""
+    experiment_id: uuid.UUID = dispatch.experiment_id
+    try:
+        dispatcher.send(experiment_id, queue_for(dispatch.device, settings))
+    except Exception:
+        log.exception("reconciler: could not re-send %s", experiment_id)
+        return 1
+    log.info("reconciler: re-sent %s (dispatch %d): %s", experiment_id, dispatch.dispatch_count,
+             reason)
+    return 0
 
 
 def run_forever(settings: Settings, dispatcher: Dispatcher, stop: threading.Event) -> None:

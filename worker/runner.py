@@ -40,9 +40,9 @@ def execute(experiment_id: uuid.UUID, *, settings: Settings, worker_name: str,
 
     lease = db("claim", lambda s: lifecycle.claim(s, experiment_id, worker=worker_name))
     if lease is None:  # a duplicate delivery, or cancelled/deleted while queued
-        log.info("skipped %s: not queued any more", experiment_id)
+        log.info("%s skipped %s: not queued any more", worker_name, experiment_id)
         return "skipped"
-    log.info("claimed %s (attempt %d)", experiment_id, lease.attempt)
+    log.info("%s claimed %s (attempt %d)", worker_name, experiment_id, lease.attempt)
     row = db("load", lambda s: experiments.get(s, experiment_id))
     assert row is not None and row.started_at is not None
     config = ExperimentConfig.model_validate(row.config)

@@ -34,4 +34,7 @@ def _run_experiment(self: object, experiment_id: str) -> str:
 
 # Registered by a call, not a decorator: Celery is unannotated, and its decorator would make the
 # function untyped to mypy.
-run_experiment = celery_app.task(name=TASK_NAME, bind=True)(_run_experiment)
+# The gate (its strategy) refuses messages of experiments no longer queued before a job process is
+# forked for them.
+run_experiment = celery_app.task(name=TASK_NAME, bind=True,
+                                 Strategy="worker.gate:strategy")(_run_experiment)

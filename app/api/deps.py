@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy.orm import Session
 
+from app.api import headers
 from app.core.config import Settings
 from app.db import keys
 from app.db.keys import Principal
@@ -73,10 +74,11 @@ def resolve_principal(request: Request, session: Session, settings: Settings) ->
     header = request.headers.get("authorization")
     if not header:
         raise _unauthorized("missing Authorization header: send 'Authorization: Bearer <key>'")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise _unauthorized("malformed Authorization header: expected 'Bearer <key>'")
-    principal = keys.authenticate(session, token.strip())
+    try:
+        token = headers.bearer_token(header)
+    except headers.MalformedAuthorizationError as exc:
+        raise _unauthorized(str(exc)) from exc
+    principal = keys.authenticate(session, token)
     if principal is None:
         raise _unauthorized("invalid or revoked API key")
     return principal

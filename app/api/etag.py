@@ -7,6 +7,8 @@ import hashlib
 from fastapi import Request, Response
 from pydantic import BaseModel
 
+from app.api.headers import entity_tags
+
 
 def etag_json(request: Request, model: BaseModel, *, status_code: int = 200,
               headers: dict[str, str] | None = None) -> Response:
@@ -33,9 +35,8 @@ def etag_body(request: Request, body: bytes, *, status_code: int = 200,
 def _matches(if_none_match: str | None, tag: str) -> bool:
     """RFC 9110 13.1.2: ``*`` matches any representation, and If-None-Match compares weakly
     (``"x"`` matches ``W/"x"``): a client or proxy that drops the ``W/`` still gets its 304."""
-    if not if_none_match:
+    tags = entity_tags(if_none_match)
+    if tags is None:
         return False
-    if if_none_match.strip() == "*":
-        return True
     opaque = tag.removeprefix("W/")
-    return any(t.strip().removeprefix("W/") == opaque for t in if_none_match.split(","))
+    return any(t == "*" or t.removeprefix("W/") == opaque for t in tags)

@@ -33,7 +33,7 @@ from sqlalchemy import Connection
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from app.api import deps
+from app.api import deps, headers
 from app.api.coalescing import Coalescer
 from app.api.etag import etag_of
 from app.core.config import Settings
@@ -53,7 +53,7 @@ class _Row:
         self.id = experiment_id
         (self.name, self.status, config, self.created_at, self.started_at, self.finished_at,
          self.device, self.worker, self.attempt, self.error, summary, self.study_id,
-         self.study_cell, self.study_seed) = values
+         self.study_cell, self.study_seed, self.dispatch_count) = values
         self.config = json.loads(config)
         self.summary = json.loads(summary) if summary is not None else None
 
@@ -220,9 +220,10 @@ def poller(request: Request) -> Poller:
 def _bearer(header: str | None) -> str | None:
     if not header:
         return None
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
+    try:
+        return headers.bearer_token(header)
+    except headers.MalformedAuthorizationError:
+        return None  # the general path answers with the 401
 
 
 def _key_id(token: str) -> tuple[str | None, str | None]:

@@ -47,6 +47,8 @@ class ExperimentOut(BaseModel):
     device: str | None
     worker: str | None
     attempt: int
+    dispatch_count: int = Field(description="Messages sent to the broker for it: 1, plus one "
+                                            "per re-send (docs/reliability.md)")
     error: str | None
     summary: TrainSummary | None
     study: StudyMembership | None = None

@@ -95,12 +95,15 @@ def worker(
     concurrency: Annotated[int, typer.Option(min=1)] = 1,
     database_url: Annotated[str | None, typer.Option()] = None,
     broker_url: Annotated[str | None, typer.Option()] = None,
+    name: Annotated[str | None, typer.Option(
+        help="Worker name, NAME or NAME@HOST (default: normlab-<pid>@<host>); shown in each "
+             "experiment's `worker` field and in the logs")] = None,
 ) -> None:
     """Run a Celery worker that trains queued experiments."""
     _export(database_url=database_url, broker_url=broker_url, worker_device=device)
     from app.cli.service import run_worker
 
-    run_worker(queues, concurrency)
+    run_worker(queues, concurrency, name)
 
 
 @cli.command()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import ipaddress
+import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,7 +23,23 @@ from app.db.session import session_scope
 WORKER_APP = "worker.tasks:celery_app"
 
 
-def worker_argv(queues: str, concurrency: int, name: str = "normlab@%h") -> list[str]:
+# A worker's Celery node name: NAME or NAME@HOST (``%h``: this host). Letters, digits, ``-_.%``.
+WORKER_NAME = re.compile(r"[A-Za-z0-9_.%-]{1,100}(@[A-Za-z0-9_.%-]{1,100})?")
+
+
+def worker_name(name: str | None, prefix: str = "normlab") -> str:
+    """The node name a worker runs under: ``NAME@<host>`` for a NAME without a host, and by
+    default ``normlab-<pid>@<host>``, unique per process, so two workers on one host never
+    share a name (Celery would warn, and the API and the logs could not tell them apart)."""
+    if name is None:
+        return f"{prefix}-{os.getpid()}@%h"
+    if WORKER_NAME.fullmatch(name) is None:
+        raise ValueError(f"invalid worker name {name!r}: use letters, digits, '-', '_', '.', "
+                         "optionally followed by @HOST")
+    return name if "@" in name else f"{name}@%h"
+
+
+def worker_argv(queues: str, concurrency: int, name: str) -> list[str]:
     return [
         "-A",
         WORKER_APP,
@@ -40,10 +58,15 @@ def worker_argv(queues: str, concurrency: int, name: str = "normlab@%h") -> list
     ]
 
 
-def run_worker(queues: str, concurrency: int) -> None:
+def run_worker(queues: str, concurrency: int, name: str | None = None) -> None:
+    try:
+        node = worker_name(name)
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
     from worker.tasks import celery_app
 
-    celery_app.worker_main(worker_argv(queues, concurrency)[2:])
+    celery_app.worker_main(worker_argv(queues, concurrency, node)[2:])
 
 
 def run_reconciler(once: bool) -> None:
@@ -57,9 +80,11 @@ def run_reconciler(once: bool) -> None:
     settings = get_settings()
     dispatcher = CeleryDispatcher(settings)
     if once:
-        sweep = reconcile_once(settings, dispatcher)
-        typer.echo(f"re-sent {len(sweep.resend)}, requeued {sweep.requeued}, "
-                   f"failed {sweep.failed}, cancelled {sweep.cancelled}")
+        done = reconcile_once(settings, dispatcher)
+        sweep = done.sweep
+        typer.echo(f"queued past the grace period {done.past_grace} (a message in the broker "
+                   f"for {done.in_broker}), re-sent {len(done.resent)}, requeued "
+                   f"{sweep.requeued}, failed {sweep.failed}, cancelled {sweep.cancelled}")
         return
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -162,8 +187,9 @@ def serve(host: str, port: int, workers: int = 2, access_log: bool = True) -> No
     embedded_worker = None
     if settings.embedded:
         # Training never runs in the API's process: a worker process of its own, same task code.
+        name = worker_name(None, "embedded")
         embedded_worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", *worker_argv("gpu,cpu", 1, "embedded@%h")]
+            [sys.executable, "-m", "celery", *worker_argv("gpu,cpu", 1, name)]
         )
         typer.echo(
             f"embedded worker started (pid {embedded_worker.pid}); "

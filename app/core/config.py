@@ -40,7 +40,10 @@ class Settings(BaseSettings):
     # Reliability (see docs/reliability.md).
     heartbeat_timeout_s: float = Field(60.0, gt=0)  # a running job silent this long is lost
     max_attempts: int = Field(3, ge=1, le=100)  # lost-worker retries before "worker lost"
-    queued_grace_s: float = Field(60.0, gt=0)  # queued this long without a claim: send again
+    queued_grace_s: float = Field(60.0, gt=0)  # queued this long without a claim: send again...
+    # ...unless the broker holds its message; one a worker took counts for this long (a live
+    # worker claims within seconds: a job process starts, then claims).
+    claim_window_s: float = Field(60.0, gt=0)
     max_run_s: float = Field(24 * 3600.0, gt=0)  # per experiment, across attempts
     reconcile_interval_s: float = Field(10.0, gt=0)
     reconcile_in_worker: bool = True  # each worker process also runs the reconciler

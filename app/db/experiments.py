@@ -61,6 +61,7 @@ def create(
     experiment = Experiment(
         id=uuid.uuid4(), name=config["name"], owner=owner, status="queued", config=config,
         created_at=stamp, updated_at=stamp, attempt=0,
+        dispatch_count=1,  # the caller sends it right after this commit
         idempotency_key=idempotency_key, request_hash=request_hash,
     )
     session.add(experiment)
@@ -91,6 +92,11 @@ def _same_request(previous: Experiment, request_hash: str | None) -> Experiment:
 
 def get(session: Session, experiment_id: uuid.UUID) -> Experiment | None:
     return session.get(Experiment, experiment_id)
+
+
+def status_of(session: Session, experiment_id: uuid.UUID) -> str | None:
+    """The status alone (None: no such experiment), one primary-key read."""
+    return session.scalar(select(Experiment.status).where(Experiment.id == experiment_id))
 
 
 def count_active(session: Session, owner: str) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
@@ -78,12 +78,15 @@ def finish(session: Session, lease: Lease, *, status: str, summary: dict[str, An
 
 def hand_back(session: Session, lease: Lease) -> str | None:
     """A worker shutting down returns its experiment: running → queued for the next worker
-    (cancelling → cancelled). Returns the new status, or None if the lease was lost."""
+    (cancelling → cancelled). Returns the new status, or None if the lease was lost. Queued
+    again, it counts the send that the caller makes after the commit."""
     stamp = now()
     for source, target in (("running", "queued"), ("cancelling", "cancelled")):
         values: dict[str, Any] = {"status": target, "updated_at": stamp, "heartbeat_at": None}
         if target == "cancelled":
             values["finished_at"] = stamp
+        else:
+            values["dispatch_count"] = Experiment.dispatch_count + 1
         result = session.execute(
             update(Experiment).where(*_owned(lease), Experiment.status == source).values(**values)
         )
@@ -101,17 +104,27 @@ def delete_points_after(session: Session, experiment_id: uuid.UUID, step: int) -
             rollups.rebuild(cursor, experiment_id, step + 1)
 
 
+class Dispatch(NamedTuple):
+    """An experiment to send to the broker (again), after the commit that counted the send."""
+
+    experiment_id: uuid.UUID
+    device: str
+    dispatch_count: int
+
+
 @dataclass
 class Sweep:
-    resend: list[tuple[uuid.UUID, str]]  # (experiment id, device) to send to the broker again
+    resend: list[Dispatch]  # experiments of lost workers, queued again
     requeued: int = 0
     failed: int = 0
     cancelled: int = 0
 
 
-def sweep(session: Session, *, queued_grace_s: float, heartbeat_timeout_s: float,
-          max_attempts: int, max_run_s: float) -> Sweep:
-    """One reconciler pass; every change is conditional, so concurrent reconcilers are safe."""
+def sweep(session: Session, *, heartbeat_timeout_s: float, max_attempts: int,
+          max_run_s: float) -> Sweep:
+    """One reconciler pass over running experiments: take back those whose worker went silent,
+    fail those over the time limit. Every change is conditional, so concurrent reconcilers are
+    safe. Commits."""
     stamp = now()
     result = Sweep(resend=[])
     stale = stamp - timedelta(seconds=heartbeat_timeout_s)
@@ -129,9 +142,15 @@ def sweep(session: Session, *, queued_grace_s: float, heartbeat_timeout_s: float
             values = {"status": "failed", "finished_at": stamp,
                       "error": f"worker lost (after {attempt} attempts)"}
             result.failed += _apply(session, base, values)
-        elif _apply(session, base, {"status": "queued", "worker": None}):
-            result.requeued += 1
-            result.resend.append((experiment_id, _device(config)))
+        else:
+            requeued = session.execute(
+                base.values(status="queued", worker=None, updated_at=stamp,
+                            dispatch_count=Experiment.dispatch_count + 1)
+                .returning(Experiment.dispatch_count)
+            ).scalar()
+            if requeued is not None:
+                result.requeued += 1
+                result.resend.append(Dispatch(experiment_id, _device(config), int(requeued)))
     too_long = stamp - timedelta(seconds=max_run_s)
     result.failed += _apply(
         session,
@@ -139,15 +158,35 @@ def sweep(session: Session, *, queued_grace_s: float, heartbeat_timeout_s: float
                                  Experiment.started_at < too_long),
         {"status": "failed", "finished_at": stamp, "error": "time limit"},
     )
-    # Queued but not picked up: the broker may have lost the message (or never got it).
-    waiting = stamp - timedelta(seconds=queued_grace_s)
-    rows = session.execute(
-        update(Experiment).where(Experiment.status == "queued", Experiment.updated_at < waiting)
-        .values(updated_at=stamp).returning(Experiment.id, Experiment.config)
-    ).all()
-    result.resend += [(row.id, _device(row.config)) for row in rows]
     session.commit()
     return result
+
+
+def queued_past_grace(session: Session, *, queued_grace_s: float) -> list[uuid.UUID]:
+    """Experiments queued and unclaimed for the grace period since they were last sent: their
+    message may be lost. Whether it is, only the broker can say (``app.backlog``)."""
+    waiting = now() - timedelta(seconds=queued_grace_s)
+    return list(session.scalars(
+        select(Experiment.id).where(Experiment.status == "queued", Experiment.updated_at < waiting)
+    ))
+
+
+def count_resends(session: Session, experiment_ids: list[uuid.UUID], *,
+                  queued_grace_s: float) -> list[Dispatch]:
+    """Count a re-send of those experiments that are still queued past the grace period, and
+    commit; the caller sends them after this. The grace period starts again from now."""
+    if not experiment_ids:
+        return []
+    stamp = now()
+    rows = session.execute(
+        update(Experiment)
+        .where(Experiment.id.in_(experiment_ids), Experiment.status == "queued",
+               Experiment.updated_at < stamp - timedelta(seconds=queued_grace_s))
+        .values(updated_at=stamp, dispatch_count=Experiment.dispatch_count + 1)
+        .returning(Experiment.id, Experiment.config, Experiment.dispatch_count)
+    ).all()
+    session.commit()
+    return [Dispatch(row.id, _device(row.config), int(row.dispatch_count)) for row in rows]
 
 
 def _device(config: dict[str, Any]) -> str:

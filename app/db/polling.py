@@ -34,6 +34,7 @@ _COLUMNS = [
     E.c.study_id,
     E.c.study_cell,
     E.c.study_seed,
+    E.c.dispatch_count,
 ]
 
 

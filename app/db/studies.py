@@ -82,7 +82,7 @@ def create(
         session.execute(insert(Experiment), [
             {"id": ident, "name": m.config["name"], "owner": owner, "status": "queued",
              "config": m.config, "created_at": stamp, "updated_at": stamp, "attempt": 0,
-             "study_id": study.id,
+             "study_id": study.id, "dispatch_count": 1,  # sent after this commit
              "study_cell": m.cell, "study_seed": m.seed}
             for ident, m in zip(ids, members, strict=True)
         ])

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from app.core.config import Settings
 from app.db.session import engine_for
 from app.main import create_app
-from tests.api.helpers import FakeDispatcher
+from tests.api.helpers import FUZZ_CASES, FakeDispatcher
 
 
 @pytest.fixture
@@ -34,3 +34,9 @@ def client(settings: Settings, dispatcher: FakeDispatcher) -> Iterator[TestClien
     with TestClient(app) as test_client:  # `with`: the lifespan migrates the SQLite file
         yield test_client
     engine_for(settings.database_url).dispose()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FUZZ_CASES:
+        counts = ", ".join(f"{name} {n}" for name, n in sorted(FUZZ_CASES.items()))
+        terminalreporter.write_line(f"fuzz cases run: {counts}, total {sum(FUZZ_CASES.values())}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,7 @@ from app.db.session import session_scope
 from worker.training.result import MetricPoint
 
 API = "/api/v1"
+FUZZ_CASES: Counter[str] = Counter()  # cases run per fuzzer (test_fuzz), for the summary
 
 
 class FakeDispatcher:
@@ -36,6 +38,10 @@ class FakeDispatcher:
     def ping(self) -> None:
         if self.ping_error is not None:
             raise self.ping_error
+
+    def waiting(self, delivered_s: float) -> set[uuid.UUID]:
+        """As if the broker still held every message sent."""
+        return {experiment_id for experiment_id, _ in self.sent}
 
 
 def submit(client: TestClient, body: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:

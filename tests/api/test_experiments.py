@@ -20,7 +20,7 @@ from worker.training.result import TrainSummary
 
 EXPERIMENT_FIELDS = {
     "id", "name", "tags", "status", "config", "created_at", "started_at", "finished_at",
-    "device", "worker", "attempt", "error", "summary", "study",
+    "device", "worker", "attempt", "dispatch_count", "error", "summary", "study",
 }  # fmt: skip
 
 
@@ -42,6 +42,7 @@ def test_submit_returns_202_location_and_the_experiment(
     uuid.UUID(body["id"])
     assert response.headers["location"] == f"{API}/experiments/{body['id']}"
     assert body["name"] == "first"
+    assert body["dispatch_count"] == 1  # sent once, after the commit
     assert body["tags"] == ["bn", "demo"]
     assert body["status"] == "queued"
     assert body["attempt"] == 0
@@ -376,3 +377,25 @@ def test_checkpoint_404_until_written_then_200(client: TestClient, settings: Set
     assert response.content == payload
     assert "ckpt" in response.headers["content-disposition"]
     assert client.get(f"{API}/experiments/{uuid.uuid4()}/checkpoint").status_code == 404
+
+
+@pytest.mark.parametrize(("name", "filename", "filename_star"), [
+    ("../../x/bob-run", "x_bob-run", None),
+    ("..", "", None),
+    (".hidden run", "hidden_run", None),
+    ("résumé (lr=0.1)", "r_sum_lr_0.1", "r%C3%A9sum%C3%A9_lr_0.1"),
+])
+def test_checkpoint_download_name_is_a_safe_token_plus_the_id(
+    client: TestClient, settings: Settings, name: str, filename: str, filename_star: str | None
+) -> None:
+    body = submit(client, {"name": name})
+    path = settings.checkpoint_path(body["id"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"weights")
+    disposition = client.get(f"{API}/experiments/{body['id']}/checkpoint").headers[
+        "content-disposition"]
+    stem = "-".join(filter(None, (filename, body["id"])))
+    expected = f'attachment; filename="{stem}.safetensors"'
+    if filename_star is not None:
+        expected += f"; filename*=UTF-8''{filename_star}-{body['id']}.safetensors"
+    assert disposition == expected

@@ -136,3 +136,19 @@ def test_migrate_and_keys(tmp_path: Path) -> None:
     assert runner.invoke(cli, ["keys", "revoke", key_id]).exit_code == 0
     assert runner.invoke(cli, ["keys", "revoke", key_id]).exit_code == 1
     assert runner.invoke(cli, ["keys", "create", "--name", "bad name!"]).exit_code == 2
+
+
+def test_worker_names_are_unique_per_process_by_default_and_checked() -> None:
+    import os
+
+    import pytest
+
+    from app.cli.service import worker_name
+
+    assert worker_name(None) == f"normlab-{os.getpid()}@%h"
+    assert worker_name(None, "embedded") == f"embedded-{os.getpid()}@%h"
+    assert worker_name("gpu-a") == "gpu-a@%h"
+    assert worker_name("gpu-a@box1") == "gpu-a@box1"
+    for bad in ("", "two words", "a@b@c", "x/y", "ü"):
+        with pytest.raises(ValueError, match="invalid worker name"):
+            worker_name(bad)

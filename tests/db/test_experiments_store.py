@@ -161,3 +161,11 @@ def test_tags_of(session: Session) -> None:
     b = new(session)
     assert experiments.tags_of(session, [a, b]) == {a: ["a", "z"], b: []}
     assert experiments.tags_of(session, []) == {}
+
+
+def test_the_longest_idempotency_key_fits_with_the_longest_owner(session: Session) -> None:
+    from app.api.headers import IDEMPOTENCY_KEY_MAX
+
+    row, created = experiments.create(session, config={"name": "a"}, tags=[], owner="o" * 64,
+                                      idempotency_key="k" * IDEMPOTENCY_KEY_MAX, request_hash="h")
+    assert created and row.idempotency_key == f"{'o' * 64}:{'k' * IDEMPOTENCY_KEY_MAX}"

@@ -13,7 +13,7 @@ from app.db.experiments import now
 from app.db.models import Experiment
 from worker.training.result import MetricPoint
 
-SWEEP = {"queued_grace_s": 60, "heartbeat_timeout_s": 30, "max_attempts": 2, "max_run_s": 3600}
+SWEEP = {"heartbeat_timeout_s": 30, "max_attempts": 2, "max_run_s": 3600}
 
 
 def new(session: Session, device: str = "cpu") -> uuid.UUID:
@@ -64,7 +64,7 @@ def test_sweep_requeues_then_fails_after_max_attempts(session: Session) -> None:
         age(session, experiment_id, heartbeat_at=120)
         sweep = lifecycle.sweep(session, **SWEEP)
         if attempt == 1:
-            assert sweep.requeued == 1 and sweep.resend == [(experiment_id, "cuda")]
+            assert sweep.requeued == 1 and sweep.resend == [(experiment_id, "cuda", attempt + 1)]
             assert status(session, experiment_id)[:2] == ("queued", 1)
     assert sweep.failed == 1 and sweep.resend == []
     assert status(session, experiment_id) == ("failed", 2, "worker lost (after 2 attempts)")
@@ -88,12 +88,31 @@ def test_orphaned_cancelling_becomes_cancelled_never_resumed(session: Session) -
     assert status(session, experiment_id)[:2] == ("cancelled", 1)
 
 
-def test_queued_past_the_grace_period_is_resent_once_per_grace(session: Session) -> None:
-    fresh, stale = new(session), new(session)
+def test_queued_past_the_grace_period_is_counted_when_resent(session: Session) -> None:
+    fresh, stale, other = new(session), new(session), new(session)
     age(session, stale, updated_at=120)
-    assert lifecycle.sweep(session, **SWEEP).resend == [(stale, "cpu")]
-    assert lifecycle.sweep(session, **SWEEP).resend == []  # re-sent just now: not again yet
+    age(session, other, updated_at=120)
+    assert sorted(lifecycle.queued_past_grace(session, queued_grace_s=60)) == sorted(
+        [stale, other])
+    # Only the ones the broker lost are re-sent: the other one still has its message.
+    assert lifecycle.count_resends(session, [stale, fresh], queued_grace_s=60) == [
+        (stale, "cpu", 2)]
+    assert lifecycle.queued_past_grace(session, queued_grace_s=60) == [other]  # grace restarts
+    assert lifecycle.count_resends(session, [stale], queued_grace_s=60) == []
     assert status(session, fresh)[0] == status(session, stale)[0] == "queued"
+    session.expire_all()
+    counts = {i: experiments.get(session, i).dispatch_count  # type: ignore[union-attr]
+              for i in (fresh, stale, other)}
+    assert counts == {fresh: 1, stale: 2, other: 1}
+
+
+def test_hand_back_counts_the_send_that_follows(session: Session) -> None:
+    experiment_id = new(session)
+    lease = lifecycle.claim(session, experiment_id, worker="w")
+    assert lease is not None and lifecycle.hand_back(session, lease) == "queued"
+    session.commit()
+    session.expire_all()
+    assert experiments.get(session, experiment_id).dispatch_count == 2  # type: ignore[union-attr]
 
 
 def test_time_limit(session: Session) -> None:

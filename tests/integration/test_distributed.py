@@ -23,7 +23,8 @@ def submit(client: httpx.Client, body: dict) -> dict:
 
 
 def test_experiment_trains_to_success_with_every_step_once(distributed: httpx.Client) -> None:
-    experiment = submit(distributed, {**SMALL, "preset": "geron-bn", "tags": ["it"]})
+    experiment = submit(distributed, {**SMALL, "preset": "geron-bn", "tags": ["it"],
+                                      "name": "../../x/bob-run"})
     done = wait_status(distributed, experiment["id"], TERMINAL)
     assert done["status"] == "succeeded", done
     assert done["attempt"] == 1 and done["worker"] and done["device"] == "cpu"
@@ -41,6 +42,8 @@ def test_experiment_trains_to_success_with_every_step_once(distributed: httpx.Cl
     assert {"grad_norm", "clip_fraction", "bn/hidden1/running_var_mean"} <= names
     checkpoint = distributed.get(f"/api/v1/experiments/{experiment['id']}/checkpoint")
     assert checkpoint.status_code == 200 and len(checkpoint.content) > 1000
+    assert checkpoint.headers["content-disposition"] == (
+        f'attachment; filename="x_bob-run-{experiment["id"]}.safetensors"')
 
 
 def test_diverging_experiment_keeps_its_points(distributed: httpx.Client) -> None:
@@ -118,3 +121,33 @@ def test_api_refuses_an_unmigrated_postgres(postgres_url: str, tmp_path: Path) -
         with admin.connect() as connection:
             connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         admin.dispose()
+
+
+def test_raw_header_bytes_get_an_answer_not_a_500(distributed: httpx.Client) -> None:
+    """Through the real server (uvicorn's parser): the byte B2 is "²" in Latin-1, a digit to
+    str.isdigit() but not to int()."""
+    import http.client
+    import json
+
+    experiment = submit(distributed, {**SMALL, "training": {"epochs": 1, "batch_size": 64}})
+    done = wait_status(distributed, experiment["id"], TERMINAL)
+    url = distributed.base_url
+    path = f"/api/v1/experiments/{experiment['id']}"
+
+    def raw_get(suffix: str, headers: dict[str, bytes]) -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection(url.host, url.port, timeout=30)
+        try:
+            connection.request("GET", path + suffix, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    for value in (b"\xb2", b"\xb9\xb2", "²".encode()):
+        status, body = raw_get("/stream", {"Last-Event-ID": value})
+        assert status == 200, body  # no id this API sent: the stream starts from the beginning
+        assert b"id: " in body and b"event: end" in body
+    status, body = raw_get("", {"If-None-Match": b"\xb2"})
+    assert status == 400 and b"If-None-Match" in body
+    assert json.loads(raw_get("", {"If-None-Match": b"*"})[1] or b"{}") == {}  # 304, no body
+    assert done["status"] == "succeeded"

@@ -58,7 +58,7 @@ def test_embedded_worker_is_a_separate_process(embedded: tuple[httpx.Client, Pat
     client, _ = embedded
     experiment = client.post("/api/v1/experiments", json=SMALL).json()
     done = wait_status(client, experiment["id"], TERMINAL)
-    assert done["worker"].startswith("embedded@")
+    assert done["worker"].startswith("embedded-")
 
 
 def test_cli_submit_watch_and_status(embedded: tuple[httpx.Client, Path], tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.api import polled
+from app.api import headers, polled
 from app.api.deps import (
     DispatcherDep,
     PrincipalDep,
@@ -66,7 +66,7 @@ def to_out(row: Experiment, tags: list[str]) -> ExperimentOut:
         config=ExperimentConfig.model_validate(row.config),
         created_at=_aware(row.created_at), started_at=_aware(row.started_at),
         finished_at=_aware(row.finished_at), device=row.device, worker=row.worker,
-        attempt=row.attempt, error=row.error,
+        attempt=row.attempt, dispatch_count=row.dispatch_count, error=row.error,
         summary=TrainSummary.model_validate(row.summary) if row.summary else None,
         study=None if row.study_id is None else StudyMembership(
             id=row.study_id, cell=row.study_cell or 0, seed=row.study_seed or 0),
@@ -141,7 +141,10 @@ def submit_experiment(
     dispatcher: DispatcherDep,
     principal: PrincipalDep,
     body: Annotated[Any, Body()],
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: Annotated[str | None, Header(
+        max_length=headers.IDEMPOTENCY_KEY_MAX, pattern=headers.IDEMPOTENCY_KEY_PATTERN,
+        description="Printable ASCII: a retry with the same key and body returns the same "
+                    "experiment")] = None,
 ) -> ExperimentOut:
     """Queue an experiment. The config may start from a `preset`; unset fields take defaults."""
     config, tags = _validate_submission(body)
@@ -245,5 +248,6 @@ def get_checkpoint(
     path = settings.checkpoint_path(experiment_id)
     if not path.is_file():
         raise HTTPException(404, f"experiment {experiment_id} has no checkpoint yet")
+    disposition = headers.attachment(row.name, experiment_id, ".safetensors")
     return FileResponse(path, media_type="application/octet-stream",
-                        filename=f"{row.name}-{experiment_id}.safetensors")
+                        headers={"Content-Disposition": disposition})

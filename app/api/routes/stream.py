@@ -22,6 +22,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
+from app.api import headers
 from app.api.deps import SettingsDep, resolve_principal
 from app.api.routes.experiments import NOT_FOUND, load
 from app.api.schemas import MetricPointOut
@@ -116,8 +117,9 @@ async def stream(
             load(session, experiment_id, resolve_principal(request, session, settings))
 
     await _in_poll_thread(check)
-    after = int(last_event_id) if last_event_id and last_event_id.strip().isdigit() else -1
-    after = min(after, MAX_STEP)  # an id no stream sent must not overflow a database integer
+    resumed = headers.event_id(last_event_id)
+    # An id no stream sent must not overflow a database integer.
+    after = -1 if resumed is None else min(resumed, MAX_STEP)
     return StreamingResponse(
         _events(request, settings, experiment_id, after),
         media_type="text/event-stream",

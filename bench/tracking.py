@@ -1,0 +1,130 @@
+"""What tracking costs the engine: the same config trained by a real worker (Celery job process,
+metric sink into Postgres) and by `normlab train` (no database), side by side, alternating.
+
+The figure is the step span, from the first step's point to the last one's by the points' own
+wall times: the engine's speed, without process start-up and data loading (the CLI pays ~0.85 s
+of warm-up that the worker's forked job process does not, which ``summary.duration_s`` hides).
+``bench/ingest.py --tracking-cost`` prints it for the worst case and the geron-bn-shaped net.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from app.core.config import Settings
+from app.db import experiments
+from app.db.models import MetricPoint
+from app.db.session import session_scope
+from app.dispatch import CeleryDispatcher
+from worker.training.config import ExperimentConfig
+from worker.training.presets import build_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES: dict[str, dict[str, Any]] = {
+    # Every step logged at batch 1 on a tiny net: the most points per second of training.
+    "digits 64-16-10 ReLU, batch 1, every step logged": {
+        "dataset": {"name": "digits"},
+        "model": {"hidden_layers": [64, 16], "activation": "relu",
+                  "batch_norm": {"enabled": False}},
+        "training": {"epochs": 2, "batch_size": 1, "log_every_steps": 1},
+        "resources": {"device": "cpu"},
+    },
+    "geron-bn net (784-300-100-10 shape) on digits, batch 8": {
+        "preset": "geron-bn", "dataset": {"name": "digits"},
+        "training": {"epochs": 2, "batch_size": 8, "log_every_steps": 1},
+        "resources": {"device": "cpu"},
+    },
+}
+
+
+def config_of(case: dict[str, Any]) -> ExperimentConfig:
+    raw = {k: v for k, v in case.items() if k != "preset"}
+    return build_config(raw, case.get("preset"))
+
+
+def cli_span(config: ExperimentConfig, folder: Path) -> float:
+    path, out = folder / "config.json", folder / "out.json"
+    path.write_text(config.model_dump_json())
+    subprocess.run([sys.executable, "-m", "app.cli.main", "train", str(path), "--out", str(out)],
+                   check=True, capture_output=True, cwd=ROOT)
+    walls = [p["wall_time"] for p in json.loads(out.read_text())["metrics"] if p["name"] == "loss"]
+    return max(walls) - min(walls)
+
+
+class Worker:
+    """A real `celery worker` process (one job process per experiment, as deployed), on a
+    filesystem queue of its own and the given database; its reconciler stays off."""
+
+    def __init__(self, database_url: str, folder: Path) -> None:
+        self.settings = Settings(database_url=database_url, data_dir=folder / "data",
+                                 artifacts_dir=folder / "artifacts")
+        env = {**os.environ, "NORMLAB_DATABASE_URL": database_url,
+               "NORMLAB_DATA_DIR": str(folder / "data"),
+               "NORMLAB_ARTIFACTS_DIR": str(folder / "artifacts"),
+               "NORMLAB_RECONCILE_IN_WORKER": "false", "PYTHONPATH": str(ROOT)}
+        env.pop("NORMLAB_BROKER_URL", None)
+        self.log = (folder / "worker.log").open("wb")
+        self.dispatcher = CeleryDispatcher(self.settings)  # creates the queue folders
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli.main", "worker", "--queues", "cpu",
+             "--name", f"bench-{os.getpid()}"], env=env, stdout=self.log,
+            stderr=subprocess.STDOUT, cwd=folder)
+
+    def span(self, config: ExperimentConfig) -> float:
+        url = self.settings.database_url
+        with session_scope(url) as session:
+            row, _ = experiments.create(session, config=config.model_dump(mode="json"),
+                                        tags=["bench"])
+        experiment_id: uuid.UUID = row.id
+        self.dispatcher.send(experiment_id, "cpu")
+        while True:
+            with session_scope(url) as session:
+                status = experiments.status_of(session, experiment_id)
+                if status in experiments.FINISHED:
+                    low, high = session.execute(
+                        select(func.min(MetricPoint.wall_time), func.max(MetricPoint.wall_time))
+                        .where(MetricPoint.experiment_id == experiment_id,
+                               MetricPoint.name == "loss")).one()
+                    experiments.delete_finished(session, experiment_id)
+                    break
+            if self.process.poll() is not None:
+                raise RuntimeError("the worker exited")
+            time.sleep(0.2)
+        if status != "succeeded":
+            raise RuntimeError(f"worker run {status}")
+        return float(high - low)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+        self.log.close()
+
+
+def tracking_cost(database_url: str, repeats: int = 3) -> list[tuple[str, float, float]]:
+    """(case, CLI median span, worker median span) for each case, runs alternating."""
+    results = []
+    with tempfile.TemporaryDirectory(prefix="normlab-bench-") as tmp:
+        worker = Worker(database_url, Path(tmp))
+        try:
+            for name, case in CASES.items():
+                config = config_of(case)
+                cli, work = [], []
+                for _ in range(repeats):  # alternate, so drift hits both sides alike
+                    cli.append(cli_span(config, Path(tmp)))
+                    work.append(worker.span(config))
+                    print(f"  {name}: cli {cli[-1]:.2f} s, worker {work[-1]:.2f} s", flush=True)
+                results.append((name, statistics.median(cli), statistics.median(work)))
+        finally:
+            worker.stop()
+    return results
