@@ -9,7 +9,9 @@ import { h, fill, fmt, fmtTime, num, statusBadge, PALETTE, TERMINAL } from "./ut
 const LIVE_REFRESH_MS = 1000;
 const SUMMARY_FIELDS = ["status", "steps", "epochs_completed", "final_test_accuracy",
   "best_val_accuracy", "final_loss", "diverged_at_step", "diverged_metric", "duration_s",
-  "samples_per_s", "steps_clipped", "max_grad_norm", "max_grad_norm_step", "mean_clip_fraction"];
+  "samples_per_s", "steps_clipped", "max_grad_norm", "max_grad_norm_step", "mean_clip_fraction",
+  "peak_dead_units", "peak_dead_units_layer", "peak_saturated_units", "peak_saturated_units_layer",
+  "collapsed_at_step", "collapse_reason", "step_mode"];
 
 export async function experimentView(id, params) {
   const base = `${API}/experiments/${id}`;
