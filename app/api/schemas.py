@@ -6,15 +6,39 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from worker.training.config import ExperimentConfig
+from worker.training.presets import PRESETS
 from worker.training.result import JsonFloat, TrainSummary
 
 Status = Literal["queued", "running", "cancelling", "succeeded", "diverged", "failed", "cancelled"]
 TAG_PATTERN = r"^[A-Za-z0-9_.:=+-]+$"
 # A metric name in a query or a path (the engine's names, e.g. "bn/hidden1/running_var_mean").
-METRIC_NAME_PATTERN = r"^[A-Za-z0-9_./:-]{1,128}$"
+METRIC_NAME = r"[A-Za-z0-9_./:-]{1,128}"
+METRIC_NAME_PATTERN = rf"^{METRIC_NAME}$"
+MAX_METRIC_NAMES = 100
+# ``names=loss,grad_norm``: 1 to 100 names, spaces allowed around the commas. The query
+# parameters declare it, so the server enforces exactly what the schema publishes.
+METRIC_NAMES_PATTERN = (
+    rf"^ *{METRIC_NAME} *(?:, *{METRIC_NAME} *){{0,{MAX_METRIC_NAMES - 1}}}$"
+)
+_NAMES_HELP = (f"Comma-separated metric names (1 to {MAX_METRIC_NAMES}), as listed by "
+               "`GET /experiments/{id}/metrics/names`")
+MetricNames = Annotated[str, Query(max_length=4000, pattern=METRIC_NAMES_PATTERN,
+                                   description=_NAMES_HELP, examples=["test_accuracy,grad_norm"])]
+OptionalMetricNames = Annotated[str | None, Query(
+    max_length=4000, pattern=METRIC_NAMES_PATTERN, examples=["loss,grad_norm"],
+    description=f"{_NAMES_HELP}; every name when absent",
+)]
+# Page cursors are URL-safe base64 without padding (``app.db.experiments.encode_cursor``).
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]{1,200}$"
+Cursor = Annotated[str | None, Query(
+    max_length=200, pattern=CURSOR_PATTERN,
+    description="Opaque: the `next_cursor` of the previous page, passed back unchanged. A value "
+                "this service did not issue is refused with 422.",
+)]
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=TAG_PATTERN)]
 
 
@@ -95,8 +119,12 @@ def submit_schema() -> dict[str, Any]:
     schema = ExperimentConfig.model_json_schema(ref_template="#/components/schemas/{model}")
     schema.pop("$defs", None)
     schema["title"] = "ExperimentSubmission"
+    schema["description"] = (
+        "An experiment config; unset fields take defaults. Rules across fields are refused with "
+        "422 naming the field: `training.batch_size` must be at least 2 when "
+        "`model.batch_norm.enabled` (with the preset applied underneath).")
     schema["properties"]["preset"] = {
-        "anyOf": [{"type": "string"}, {"type": "null"}],
+        "anyOf": [{"type": "string", "enum": sorted(PRESETS)}, {"type": "null"}],
         "description": "A named preset applied underneath the given fields (GET /presets)",
     }
     schema["properties"]["tags"] = {

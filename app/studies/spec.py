@@ -108,11 +108,27 @@ class StudySpec(_Strict):
 
     name: StudyName = "study"
     base: dict[str, Any] = Field(default_factory=dict)
-    factors: dict[str, FactorSpec] = Field(min_length=1, max_length=MAX_FACTORS)
-    seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field(
-        default_factory=lambda: list(range(DEFAULT_SEEDS)), min_length=1, max_length=MAX_SEEDS
+    factors: dict[str, FactorSpec] = Field(
+        min_length=1, max_length=MAX_FACTORS,
+        # The keys a factor may take, published so a client knows them before it submits.
+        json_schema_extra={"propertyNames": {"enum": sorted(
+            path for path in config_paths() if path not in FORBIDDEN_PATHS)}},
+        description=(
+            "Dotted config path → its levels. Rules across fields, refused with 422 naming the "
+            "factor and level: each level must be a valid value of its path (an object of the "
+            "section's fields for a section), levels and labels must not repeat, two factors "
+            "must not overlap (one inside the other), and every member's config must be valid "
+            "(e.g. a batch_size of 1 with batch_norm)."),
     )
-    response: ResponseSpec = ResponseSpec()
+    seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field(
+        default_factory=lambda: list(range(DEFAULT_SEEDS)), min_length=1, max_length=MAX_SEEDS,
+        description=f"The seeds (or a count, 1 to {MAX_SEEDS}); they must not repeat (refused "
+                    "with 422)",
+    )
+    response: ResponseSpec = Field(default=ResponseSpec(), description=(
+        "Rules across fields, refused with 422: `goal` is the metric's own (max for "
+        "accuracies, min for final_loss and steps_to); `of` and `threshold` are required by "
+        "steps_to and allowed only there."))
 
     @field_validator("factors", mode="before")
     @classmethod

@@ -39,6 +39,20 @@ class _Strict(BaseModel):
         extra="forbid", allow_inf_nan=False, validate_default=True, strict=True
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_numbers(cls, data: object) -> object:
+        # JSON has one number type and JSON Schema's "integer" includes 5.0, so a client's 5.0
+        # is an integer here too; strict floats take ints, so every integral float may convert.
+        if not isinstance(data, dict):
+            return data
+        return {key: [_integral(v) for v in value] if isinstance(value, list) else _integral(value)
+                for key, value in data.items()}
+
+
+def _integral(value: object) -> object:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
 
 def _field_error(
     model: str, message: str, *fields: tuple[tuple[str, ...], object]
@@ -59,10 +73,17 @@ class SyntheticConfig(_Strict):
     classes: int = Field(default=10, ge=2, le=1000)
 
 
+ACROSS_FIELDS = " (a rule across fields, refused with 422)"
+
+
 class DatasetConfig(_Strict):
     name: DatasetName = "digits"
-    validation_size: SplitSize = 0.1
-    test_size: SplitSize = 0.2
+    # Rules across fields are described on the fields they are reported at: the API schema
+    # publishes them to clients that cannot read the validators.
+    validation_size: SplitSize = Field(default=0.1, description=(
+        "With test_size, must leave some data for training" + ACROSS_FIELDS))
+    test_size: SplitSize = Field(default=0.2, description=(
+        "With validation_size, must leave some data for training" + ACROSS_FIELDS))
     standardize: bool = True
     synthetic: SyntheticConfig = SyntheticConfig()
 
@@ -97,7 +118,8 @@ class ModelConfig(_Strict):
     )
     activation: Activation = "elu"
     init: Init = "he_normal"
-    init_std: float | None = Field(default=None, gt=0.0, le=10.0)
+    init_std: float | None = Field(default=None, gt=0.0, le=10.0, description=(
+        "Required when init is 'normal'" + ACROSS_FIELDS))
     batch_norm: BatchNormConfig = BatchNormConfig()
 
     @model_validator(mode="after")
@@ -115,7 +137,8 @@ class OptimizerConfig(_Strict):
     name: OptimizerName = "sgd"
     learning_rate: float = Field(default=0.01, gt=0.0, le=10.0)
     momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
-    nesterov: bool = False
+    nesterov: bool = Field(default=False, description=(
+        "Needs name 'sgd' or 'momentum' with momentum > 0" + ACROSS_FIELDS))
     weight_decay: float = Field(default=0.0, ge=0.0, le=1.0)
 
     @model_validator(mode="before")
@@ -144,7 +167,8 @@ class ClippingConfig(_Strict):
 
 class TrainingConfig(_Strict):
     epochs: int = Field(default=20, ge=1, le=1000)
-    batch_size: int = Field(default=50, ge=1, le=65536)
+    batch_size: int = Field(default=50, ge=1, le=65536, description=(
+        "Examples per step; at least 2 when model.batch_norm.enabled" + ACROSS_FIELDS))
     seed: int = Field(default=42, ge=0, le=2**32 - 1)
     max_steps: int | None = Field(default=None, ge=1, le=100_000_000)
     log_every_steps: int = Field(default=1, ge=1, le=1_000_000)

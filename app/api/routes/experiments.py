@@ -27,6 +27,7 @@ from app.api.deps import (
 from app.api.errors import body_error
 from app.api.etag import etag_body, etag_json
 from app.api.schemas import (
+    Cursor,
     ExperimentOut,
     ExperimentPage,
     Problem,
@@ -175,7 +176,7 @@ def list_experiments(
     tag: Tag | None = None,
     name: Annotated[str | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Cursor = None,
     study_id: Annotated[uuid.UUID | None, Query(description="Only this study's members")] = None,
 ) -> ExperimentPage:
     """Newest first. Pass `next_cursor` back as `cursor` for the next page."""

@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from app.api.deps import PrincipalDep, SessionDep, authorized_session
 from app.api.etag import etag_body
 from app.api.routes.experiments import NOT_FOUND, load
-from app.api.schemas import METRIC_NAME_PATTERN, MetricNameOut, MetricPage
+from app.api.schemas import METRIC_NAME_PATTERN, MetricNameOut, MetricPage, OptionalMetricNames
 from app.db import metrics
 from app.db.models import FINITE, MAX_STEP, NAN, NEG_INF, POS_INF
 
@@ -43,9 +43,12 @@ MAX_PAGE = 50_000  # points per page: a 20,000-step metric in one answer (1.8 MB
 async def read_metrics(
     experiment_id: uuid.UUID,
     request: Request,
-    names: Annotated[str | None, Query(max_length=4000, examples=["loss,grad_norm"])] = None,
-    after_step: Annotated[int, Query(ge=-1, le=MAX_STEP)] = -1,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
+    names: OptionalMetricNames = None,
+    after_step: Annotated[int, Query(
+        ge=-1, le=MAX_STEP, description="Only points after this step: -1, then the previous "
+                                        "page's `next_after_step`")] = -1,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="At most this many points; a "
+                                                               "step is never split")] = 1000,
 ) -> Response:
     """Points with step > `after_step`, ordered by step then name; a page never splits a step.
 

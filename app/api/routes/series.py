@@ -20,6 +20,7 @@ from app.api.schemas import (
     CompareAxis,
     ComparedExperiment,
     CompareOut,
+    MetricNames,
     SeriesOut,
 )
 from app.db import series
@@ -29,7 +30,16 @@ from app.db.models import MAX_STEP
 router = APIRouter(tags=["metrics"])
 MetricPath = Annotated[str, Path(pattern=METRIC_NAME_PATTERN, examples=["loss"])]
 Points = Annotated[int, Query(ge=1, le=5000, description="At most this many buckets")]
-StepQuery = Annotated[int | None, Query(ge=0, le=MAX_STEP)]
+FromStep = Annotated[int | None, Query(
+    ge=0, le=MAX_STEP, description="First step of the range; must not exceed `to_step` (refused "
+                                   "with 422 otherwise). The first logged step when absent.")]
+ToStep = Annotated[int | None, Query(
+    ge=0, le=MAX_STEP, description="Last step of the range, at least `from_step` (refused with "
+                                   "422 otherwise). The last logged step when absent.")]
+MAX_COMPARED = 20
+# A UUID, then up to 19 more after commas: the list the server parses in ``_parse_ids``.
+_UUID = r"[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{12}"
+IDS_PATTERN = rf"^ *{_UUID} *(?:, *{_UUID} *){{0,{MAX_COMPARED - 1}}}$"
 
 
 def _out(b: Bucket) -> BucketOut:
@@ -42,7 +52,7 @@ def _out(b: Bucket) -> BucketOut:
             responses=NOT_FOUND)
 async def get_series(
     experiment_id: uuid.UUID, name: MetricPath, request: Request,
-    points: Points = 500, from_step: StepQuery = None, to_step: StepQuery = None,
+    points: Points = 500, from_step: FromStep = None, to_step: ToStep = None,
 ) -> Response:
     """At most `points` buckets over the step range, each with first/last/min/max/mean/count and
     `nonfinite_count`. Deterministic; a spike always survives as a bucket's `max`. When the range
@@ -99,17 +109,20 @@ def _parse_ids(ids: str) -> list[uuid.UUID]:
         raise RequestValidationError(
             [{"loc": ("query", "ids"), "type": "uuid_parsing", "msg": msg}]
         ) from exc
-    if not 1 <= len(parsed) <= 20:
+    if not 1 <= len(parsed) <= MAX_COMPARED:
         raise RequestValidationError([{"loc": ("query", "ids"), "type": "value_error",
-                                       "msg": "compare 1 to 20 experiments"}])
+                                       "msg": f"compare 1 to {MAX_COMPARED} experiments"}])
     return list(dict.fromkeys(parsed))
 
 
 @router.get("/compare", response_model=CompareOut, responses=NOT_FOUND)
 def compare(
     request: Request, session: SessionDep, principal: PrincipalDep,
-    ids: Annotated[str, Query(max_length=800, description="Comma-separated experiment ids")],
-    names: Annotated[str, Query(max_length=4000, examples=["test_accuracy,grad_norm"])] = "loss",
+    ids: Annotated[str, Query(
+        max_length=800, pattern=IDS_PATTERN,
+        description=f"Comma-separated experiment ids (1 to {MAX_COMPARED}), e.g. the `id` "
+                    "answered by `POST /experiments`; an unknown one is answered with 404")],
+    names: MetricNames = "loss",
     points: Points = 500,
 ) -> Response:
     """Bucketed series of several experiments over one shared step axis (same bucket grid), with

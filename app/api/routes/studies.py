@@ -30,7 +30,7 @@ from app.api.deps import (
 )
 from app.api.errors import validation_details
 from app.api.etag import etag_body
-from app.api.schemas import Problem
+from app.api.schemas import Cursor, Problem
 from app.api.study_schemas import StudyCancelled, StudyOut, StudyPage, StudyProgress
 from app.db import studies
 from app.db.experiments import IdempotencyConflictError
@@ -115,7 +115,7 @@ def submit_study(
 def list_studies(
     session: SessionDep, principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Cursor = None,
 ) -> StudyPage:
     """Newest first. Pass `next_cursor` back as `cursor` for the next page."""
     try:
