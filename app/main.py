@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.errors import BodySizeLimit, install_error_handlers
+from app.api.links import operation_id
 from app.api.routes import (
     experiments,
     exports,
@@ -29,6 +30,8 @@ from app.web import pages
 API_PREFIX = "/api/v1"
 COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "Missing, malformed, unknown or revoked API key"},
+    422: {"model": Problem, "description": "A parameter or a body field breaks a rule; "
+                                           "`detail` lists each one (loc, msg, type)"},
     503: {"model": Problem, "description": "The database is unavailable; retry shortly"},
 }
 
@@ -51,6 +54,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         lifespan=lifespan,
         docs_url=None,  # app.web serves /docs from the package (FastAPI's loads a CDN)
         redoc_url=None,
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     app.state.dispatcher = dispatcher or CeleryDispatcher(settings)

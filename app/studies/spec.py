@@ -107,7 +107,10 @@ class StudySpec(_Strict):
     ``{levels: [...], labels: [...]}``); a level of a section path is merged like a preset."""
 
     name: StudyName = "study"
-    base: dict[str, Any] = Field(default_factory=dict)
+    base: dict[str, Any] = Field(default_factory=dict, description=(
+        "The experiment config every member starts from (the `POST /experiments` body, less "
+        "`tags`); each member, base plus its cell's levels, must be a valid config (refused "
+        "with 422 naming the field and the factor that set it)."))
     factors: dict[str, FactorSpec] = Field(
         min_length=1, max_length=MAX_FACTORS,
         # The keys a factor may take, published so a client knows them before it submits.

@@ -26,6 +26,7 @@ from app.api.deps import (
 )
 from app.api.errors import body_error
 from app.api.etag import etag_body, etag_json
+from app.api.links import EXPERIMENT_LINKS
 from app.api.schemas import (
     Cursor,
     ExperimentOut,
@@ -128,7 +129,8 @@ def _check_quotas(session: Session, settings: Settings, principal: Principal,
 
 @router.post(
     "", status_code=202, response_model=ExperimentOut,
-    responses={409: {"model": Problem, "description": "Idempotency-Key reused with another body"},
+    responses={202: {"description": "Queued", "links": EXPERIMENT_LINKS},
+               409: {"model": Problem, "description": "Idempotency-Key reused with another body"},
                400: {"model": Problem, "description": "Malformed JSON"},
                413: {"model": Problem, "description": "Body over 1 MiB"},
                429: {"model": Problem, "description": "Too many active experiments"}},

@@ -30,6 +30,7 @@ from app.api.deps import (
 )
 from app.api.errors import validation_details
 from app.api.etag import etag_body
+from app.api.links import STUDY_LINKS
 from app.api.schemas import Cursor, Problem
 from app.api.study_schemas import StudyCancelled, StudyOut, StudyPage, StudyProgress
 from app.db import studies
@@ -64,7 +65,8 @@ def to_out(record: StudyRecord, counts: dict[str, int]) -> StudyOut:
 
 @router.post(
     "", status_code=202, response_model=StudyOut,
-    responses={400: {"model": Problem, "description": "Malformed JSON"},
+    responses={202: {"description": "Queued", "links": STUDY_LINKS},
+               400: {"model": Problem, "description": "Malformed JSON"},
                409: {"model": Problem, "description": "Idempotency-Key reused with another body"},
                413: {"model": Problem, "description": "More members than the limit, or a body "
                                                       "over 1 MiB"},
