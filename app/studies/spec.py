@@ -114,8 +114,8 @@ class StudySpec(_Strict):
     factors: dict[str, FactorSpec] = Field(
         min_length=1, max_length=MAX_FACTORS,
         # The keys a factor may take, published so a client knows them before it submits.
-        json_schema_extra={"propertyNames": {"enum": sorted(
-            path for path in config_paths() if path not in FORBIDDEN_PATHS)}},
+        json_schema_extra={"propertyNames": {"enum": [
+            path for path in sorted(config_paths()) if path not in FORBIDDEN_PATHS]}},
         description=(
             "Dotted config path → its levels. Rules across fields, refused with 422 naming the "
             "factor and level: each level must be a valid value of its path (an object of the "
