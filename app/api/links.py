@@ -31,6 +31,7 @@ EXPERIMENT_LINKS: dict[str, Any] = {
         "Cancel": "cancel_experiment",
         "Delete": "delete_experiment",
         "GetCheckpoint": "get_checkpoint",
+        "GetModel": "get_model",
     }),
     **_links("ids", _EXPERIMENT_ID, {"Compare": "compare"}),
 }

@@ -138,3 +138,27 @@ def test_linked_workflows_keep_the_contract() -> None:
     APIWorkflow.run(settings=settings(max_examples=80, stateful_step_count=6, deadline=None,
                                       suppress_health_check=list(HealthCheck)))
 
+
+
+def test_links_lead_from_creation_to_every_operation_taking_the_id() -> None:
+    document = app.openapi()  # as published: schemathesis adds links it infers to its copy
+    operations = {op["operationId"]: (path, op) for path, item in document["paths"].items()
+                  for op in item.values()}
+    for creator, parameter in (("submit_experiment", "experiment_id"),
+                               ("submit_study", "study_id")):
+        links = operations[creator][1]["responses"]["202"]["links"]
+        targets = {link["operationId"] for link in links.values()}
+        taking = {op_id for op_id, (path, _) in operations.items() if f"{{{parameter}}}" in path}
+        assert taking <= targets, taking - targets
+        for link in links.values():
+            assert link["operationId"] in operations
+
+
+def test_query_constraints_are_published() -> None:
+    document = app.openapi()
+    params = {p["name"]: p for p in
+              document["paths"]["/api/v1/compare"]["get"]["parameters"]}
+    assert params["names"]["schema"]["pattern"] and params["ids"]["schema"]["pattern"]
+    cursor = next(p for p in document["paths"]["/api/v1/experiments"]["get"]["parameters"]
+                  if p["name"] == "cursor")
+    assert "422" in cursor["description"]

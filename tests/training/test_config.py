@@ -171,3 +171,16 @@ def test_batch_of_one_is_fine_without_batch_norm() -> None:
         {"model": {"batch_norm": {"enabled": False}}, "training": {"batch_size": 1}}
     )
     assert cfg.training.batch_size == 1
+
+
+def test_integral_numbers_are_integers_as_in_json_schema() -> None:
+    # JSON Schema's "integer" includes 64.0 (a client serializing floats sends it), so the
+    # config takes it; a fraction or a numeric string is still refused.
+    config = ExperimentConfig.model_validate(
+        {"model": {"hidden_layers": [64.0, 32]}, "training": {"epochs": 2.0}}
+    )
+    assert config.model.hidden_layers == [64, 32] and config.training.epochs == 2
+    assert isinstance(config.training.epochs, int)
+    for bad in (2.5, "2"):
+        with pytest.raises(ValidationError):
+            ExperimentConfig.model_validate({"training": {"epochs": bad}})
