@@ -47,14 +47,12 @@ REACHED: set[str] = set()  # operations a stateful step reached with a created r
 @pytest.fixture(scope="module", autouse=True)
 def _report_cases(pytestconfig: pytest.Config) -> Iterator[None]:
     yield
-    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
     line = (f"schemathesis contract: {CASES['stateless']} stateless cases, {CASES['stateful']} "
             f"stateful steps ({CASES['linked']} reads of a created resource answered 2xx, on "
             f"{len(REACHED)} operations)")
-    if reporter is not None:
-        reporter.write_line(line)
-    else:
-        print(line)
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():  # shown even when pytest captures output
+        print(f"\n{line}")
 
 
 def _described(case: schemathesis.Case, loc: list[Any]) -> bool:
