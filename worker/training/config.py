@@ -64,7 +64,21 @@ class DatasetConfig(_Strict):
     validation_size: SplitSize = 0.1
     test_size: SplitSize = 0.2
     standardize: bool = True
-    synthetic: SyntheticConfig = SyntheticConfig()
+    # Only for dataset "synthetic": given with another dataset it is validated, then left out
+    # of the stored and echoed config (it would not apply).
+    synthetic: SyntheticConfig | None = Field(default=None, exclude_if=lambda v: v is None)
+
+    @property
+    def synthetic_shape(self) -> SyntheticConfig:
+        return self.synthetic or SyntheticConfig()
+
+    @model_validator(mode="after")
+    def _synthetic_only_where_it_applies(self) -> Self:
+        if self.name != "synthetic":
+            self.synthetic = None
+        elif self.synthetic is None:
+            self.synthetic = SyntheticConfig()
+        return self
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> Self:

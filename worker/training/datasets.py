@@ -143,8 +143,8 @@ def load_dataset(
         x, y = _mnist_5k()
         n_classes = 10
     elif name == "synthetic":
-        x, y = _synthetic(cfg.synthetic, seed)
-        n_classes = cfg.synthetic.classes
+        x, y = _synthetic(cfg.synthetic_shape, seed)
+        n_classes = cfg.synthetic_shape.classes
     else:
         raise ValueError(f"unknown dataset {name!r}")
     return _finish(name, _pooled_split(name, x, y, cfg, seed), n_classes, cfg.standardize)
