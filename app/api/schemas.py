@@ -85,6 +85,13 @@ class MetricNameOut(BaseModel):
 class PresetOut(BaseModel):
     name: str
     description: str
+    dataset: str
+    needs_download: bool = Field(
+        description="The dataset is downloaded on first use (then kept under NORMLAB_DATA_DIR)"
+    )
+    offline_dataset: str | None = Field(
+        description='A bundled dataset to use without internet: {"dataset": {"name": …}}'
+    )
     config: ExperimentConfig
 
 

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from worker.training.config import ExperimentConfig
+from worker.training.datasets import OFFLINE_ALTERNATIVE
 
 PRESETS: dict[str, dict[str, Any]] = {
     "geron-bn": {
@@ -67,6 +68,15 @@ PRESET_DESCRIPTIONS: dict[str, str] = {
     "geron-clip": "Géron ch. 11: 784-300-50-50-50-50-10 ReLU, gradients clipped by value at 1.0",
     "ioffe-mnist": "Ioffe & Szegedy 2015: 3x100 sigmoid, small Gaussian init, BN on hidden layers",
 }
+
+
+def preset_info(name: str) -> dict[str, Any]:
+    """A preset's name, description, dataset, and whether that dataset is downloaded on first
+    use (and which bundled dataset to use instead offline)."""
+    dataset = build_config({}, name).dataset.name
+    return {"name": name, "description": PRESET_DESCRIPTIONS[name], "dataset": dataset,
+            "needs_download": dataset in OFFLINE_ALTERNATIVE,
+            "offline_dataset": OFFLINE_ALTERNATIVE.get(dataset)}
 
 
 class UnknownPresetError(ValueError):
