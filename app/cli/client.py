@@ -65,18 +65,17 @@ def _client(url: str, api_key: str | None) -> Iterator[httpx.Client]:
 
 def submit(url: str, raw: dict[str, Any], *, watch: bool, api_key: str | None,
            as_json: bool = False) -> int:
-    """Prints the new experiment's id (or JSON); with ``watch``, follows it to the end and
-    returns its status's exit code."""
+    """Prints the new experiment's id (or JSON); with ``watch``, follows it to the end, prints
+    its table (or JSON) and returns its status's exit code."""
     with _client(url, api_key) as client:
         experiment = _check(client.post("/api/v1/experiments", json=raw))
-        if not watch:
-            if as_json:
-                emit_json(experiment)
-            else:
-                emit(experiment["id"])
+        if as_json and not watch:
+            emit_json(experiment)
             return 0
-        print_error = Console(stderr=True)
-        print_error.print(f"submitted {experiment['id']}", highlight=False)
+        if not as_json:
+            emit(experiment["id"])  # first, so a script has it while the run goes on
+        if not watch:
+            return 0
         final = _watch(client, experiment)
         _print(final, as_json)
         return exit_code(final["status"])
