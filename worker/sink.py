@@ -15,8 +15,10 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Sequence
 
+from app.core import telemetry
 from app.db import lifecycle, metrics
 from app.db.lifecycle import Lease
 from app.db.session import session_scope
@@ -116,12 +118,16 @@ class MetricSink:
                 return
 
     def _write(self, batch: list[MetricPoint]) -> None:
+        started = time.perf_counter()
         with session_scope(self.database_url) as session:
             # The heartbeat goes first: if the lease is lost, nothing of this batch is written.
             status = lifecycle.heartbeat(session, self.lease)
             if status is None:
                 raise LeaseLostError
             metrics.insert_points(session, self.lease.experiment_id, batch)
+        counted = telemetry.instruments()
+        counted.sink_write_seconds.observe(time.perf_counter() - started)
+        counted.points_written.inc(len(batch))
         with self._cond:
             self.points_written += len(batch)
             self._cond.notify_all()

@@ -144,9 +144,12 @@ def worker(
     concurrency: Annotated[int, typer.Option(min=1)] = 1,
     database_url: Annotated[str | None, typer.Option()] = None,
     broker_url: Annotated[str | None, typer.Option()] = None,
+    metrics_port: Annotated[int | None, typer.Option(
+        min=1, max=65535, help="Serve this worker's Prometheus metrics on this port")] = None,
 ) -> None:
     """Run a Celery worker that trains queued experiments."""
-    _export(database_url=database_url, broker_url=broker_url, worker_device=device)
+    _export(database_url=database_url, broker_url=broker_url, worker_device=device,
+            worker_metrics_port=metrics_port)
     from app.cli.service import run_worker
 
     run_worker(queues, concurrency)

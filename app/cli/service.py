@@ -13,6 +13,7 @@ from typing import Any
 import typer
 import uvicorn
 
+from app.core import telemetry
 from app.core.config import Settings, get_settings
 from app.db import keys
 from app.db.migrate import SchemaNotMigratedError, check_migrated, upgrade
@@ -159,6 +160,9 @@ def serve(host: str, port: int, workers: int = 2, access_log: bool = True) -> No
     if problem:
         typer.echo(f"refusing to serve: {problem}", err=True)
         raise typer.Exit(2)
+    # The API processes and the embedded worker's jobs count into one directory: a scrape of
+    # /metrics, whichever process answers it, sums them all (app.core.telemetry).
+    counters = None if telemetry.shared_directory() else telemetry.share_between_processes()
     embedded_worker = None
     if settings.embedded:
         # Training never runs in the API's process: a worker process of its own, same task code.
@@ -181,3 +185,5 @@ def serve(host: str, port: int, workers: int = 2, access_log: bool = True) -> No
                 embedded_worker.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 embedded_worker.kill()
+        if counters is not None:
+            telemetry.stop_sharing(counters)

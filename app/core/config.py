@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     max_steps_per_experiment: int = Field(10_000_000, ge=1)  # epochs × steps per epoch
     max_study_members: int = Field(512, ge=1, le=100_000)  # cells × seeds of one study
 
+    # Operations (see README, "Metrics for operators"): a worker's own Prometheus endpoint.
+    worker_metrics_port: int | None = Field(None, ge=1, le=65535)
+
     # HTTP.
     stream_poll_s: float = Field(0.5, gt=0, le=10)  # how often an SSE stream checks for news
     # Comma-separated in the environment; empty = CORS off.

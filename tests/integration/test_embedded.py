@@ -96,3 +96,22 @@ def test_cli_submit_watch_and_status(embedded: tuple[httpx.Client, Path], tmp_pa
     )
     assert shown.returncode == 0 and "final_test_accuracy" in shown.stdout
     assert client.get(f"/api/v1/experiments/{experiment_id}").json()["tags"] == ["cli"]
+
+
+def test_metrics_sum_every_process(embedded: tuple[httpx.Client, Path]) -> None:
+    """Two API processes and the worker's job processes: one scrape counts them all."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client, _ = embedded
+    experiment = client.post("/api/v1/experiments", json=SMALL).json()
+    done = wait_status(client, experiment["id"], TERMINAL)
+    assert done["status"] == "succeeded"
+    for _ in range(20):  # spread over both API processes
+        assert client.get("/healthz").status_code == 200
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    written = sum(s.value for s in families["normlab_metric_points_written"].samples
+                  if s.name.endswith("_total"))
+    assert written >= done["summary"]["steps"]  # every step's loss at least, by the worker
+    health = sum(s.value for s in families["normlab_http_requests"].samples
+                 if s.name.endswith("_total") and s.labels["route"] == "/healthz")
+    assert health >= 20
