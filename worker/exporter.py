@@ -25,6 +25,7 @@ def _start(**_: object) -> None:
     directory = telemetry.share_between_processes()
     if made:
         _shared.append(directory)
+    telemetry.instruments()  # zeros until the first job writes: every series is there at once
     telemetry.serve_worker_metrics(port)
     log.info("worker metrics on http://0.0.0.0:%d/metrics", port)
 

@@ -11,6 +11,9 @@ import threading
 from types import FrameType
 
 requested = threading.Event()
+# Set in the worker's main process when it begins a warm shutdown; a job process forked after
+# that inherits it and starts nothing.
+worker_stopping = threading.Event()
 
 
 def _on_signal(_signum: int, _frame: FrameType | None) -> None:
@@ -40,7 +43,8 @@ def child_pids(parent: int | None = None) -> list[int]:
 
 
 def forward_to_children() -> None:
-    """In the worker's parent, on warm shutdown: tell each job to wind down."""
+    """In the worker's parent, on warm shutdown: tell each job to wind down, and start none."""
+    worker_stopping.set()
     for pid in child_pids():
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGUSR2)

@@ -24,6 +24,8 @@ cli = typer.Typer(
     "3 diverged, 1 failed or cancelled, 2 usage or config error, 4 server unreachable.",
 )
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON, full precision")]
+VerboseOpt = Annotated[bool, typer.Option(
+    "--verbose", help="Also Celery's banner and task lines, uvicorn's startup and access log")]
 
 
 def _version(show: bool) -> None:
@@ -128,10 +130,12 @@ def serve(
     workers: Annotated[int, typer.Option(
         min=1, max=64, help="API processes (see docs/benchmarks.md, \"data path\")"
     )] = 2,
-    access_log: Annotated[bool, typer.Option(help="Log every request")] = True,
+    access_log: Annotated[bool, typer.Option(help="Log every request")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run the API. Without a broker URL, also run an embedded worker (SQLite, no Redis)."""
-    _export(database_url=database_url, broker_url=broker_url, data_dir=data_dir)
+    _export(database_url=database_url, broker_url=broker_url, data_dir=data_dir,
+            verbose=verbose or None)
     from app.cli.service import serve as run_serve
 
     run_serve(host, port, workers=workers, access_log=access_log)
@@ -146,10 +150,11 @@ def worker(
     broker_url: Annotated[str | None, typer.Option()] = None,
     metrics_port: Annotated[int | None, typer.Option(
         min=1, max=65535, help="Serve this worker's Prometheus metrics on this port")] = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run a Celery worker that trains queued experiments."""
     _export(database_url=database_url, broker_url=broker_url, worker_device=device,
-            worker_metrics_port=metrics_port)
+            worker_metrics_port=metrics_port, verbose=verbose or None)
     from app.cli.service import run_worker
 
     run_worker(queues, concurrency)

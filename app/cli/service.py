@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import ipaddress
+import logging
 import signal
 import socket
 import subprocess
@@ -20,12 +21,19 @@ from app.db.migrate import SchemaNotMigratedError, check_migrated, upgrade
 from app.db.session import session_scope
 
 WORKER_APP = "worker.tasks:celery_app"
+# Lines an API process logs that say nothing an operator acts on (shown with --verbose):
+# alembic's per-process migration check, kombu's "No hostname was supplied" for the embedded
+# filesystem queue.
+QUIET_API_LOGGERS = {"alembic": logging.WARNING, "kombu.connection": logging.ERROR}
 
 
-def worker_argv(queues: str, concurrency: int, name: str = "normlab@%h") -> list[str]:
+def worker_argv(queues: str, concurrency: int, name: str = "normlab@%h",
+                quiet: bool = False) -> list[str]:
+    """``celery`` arguments; ``quiet``: no banner (see ``worker.verbosity``)."""
     return [
         "-A",
         WORKER_APP,
+        *(["--quiet"] if quiet else []),
         "worker",
         "--queues",
         queues,
@@ -44,7 +52,7 @@ def worker_argv(queues: str, concurrency: int, name: str = "normlab@%h") -> list
 def run_worker(queues: str, concurrency: int) -> None:
     from worker.tasks import celery_app
 
-    celery_app.worker_main(worker_argv(queues, concurrency)[2:])
+    celery_app.worker_main(worker_argv(queues, concurrency, quiet=not get_settings().verbose)[2:])
 
 
 def run_reconciler(once: bool) -> None:
@@ -93,7 +101,13 @@ def make_app() -> Any:
     """The ASGI app of one API process (uvicorn's factory in each worker process)."""
     from app.main import create_app
 
-    app = create_app(get_settings())
+    settings = get_settings()
+    # The app's own lines (experiments queued or cancelled, warnings), beside uvicorn's.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if not settings.verbose:
+        for name, level in QUIET_API_LOGGERS.items():
+            logging.getLogger(name).setLevel(level)
+    app = create_app(settings)
     # Everything imported so far (torch, pydantic models, SQLAlchemy) lives as long as the
     # process: keep it out of the collector's full passes, which otherwise stall a request that
     # allocates many objects (a 10,000-point metric page) by tens of milliseconds.
@@ -125,9 +139,12 @@ def tcp_listener(host: str, port: int) -> socket.socket:
 
 
 def run_api(host: str, port: int, workers: int, access_log: bool) -> None:
-    options: dict[str, Any] = {"host": host, "port": port, "log_level": "info",
-                               "access_log": access_log}
+    verbose = get_settings().verbose
+    options: dict[str, Any] = {"host": host, "port": port,
+                               "log_level": "info" if verbose else "warning",
+                               "access_log": access_log or verbose}
     if workers == 1:
+        typer.echo(f"API on http://{host}:{port}", err=True)
         uvicorn.run(make_app(), **options)
         return
     from uvicorn.supervisors import Multiprocess
@@ -167,7 +184,8 @@ def serve(host: str, port: int, workers: int = 2, access_log: bool = True) -> No
     if settings.embedded:
         # Training never runs in the API's process: a worker process of its own, same task code.
         embedded_worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", *worker_argv("gpu,cpu", 1, "embedded@%h")]
+            [sys.executable, "-m", "celery",
+             *worker_argv("gpu,cpu", 1, "embedded@%h", quiet=not settings.verbose)]
         )
         typer.echo(
             f"embedded worker started (pid {embedded_worker.pid}); "

@@ -56,7 +56,10 @@ class Settings(BaseSettings):
     max_steps_per_experiment: int = Field(10_000_000, ge=1)  # epochs × steps per epoch
     max_study_members: int = Field(512, ge=1, le=100_000)  # cells × seeds of one study
 
-    # Operations (see README, "Metrics for operators"): a worker's own Prometheus endpoint.
+    # Operations. verbose: Celery's banner and per-task lines, uvicorn's startup lines and
+    # access log, known-harmless warnings (quiet by default: state changes and real warnings).
+    verbose: bool = False
+    # A worker's own Prometheus endpoint (see README, "Metrics for operators").
     worker_metrics_port: int | None = Field(None, ge=1, le=65535)
 
     # HTTP.
