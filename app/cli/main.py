@@ -109,6 +109,20 @@ def presets(as_json: JsonOpt = False) -> None:
     emit(columns(["PRESET", "DATASET", "DOWNLOAD", "DESCRIPTION"], rows))
 
 
+@cli.command("config-reference")
+def config_reference(
+    out: Annotated[Path | None, typer.Option(help="Write it here (docs/config.md)")] = None,
+) -> None:
+    """Print the reference of every config field (type, default, bounds, meaning) as Markdown."""
+    from app.cli.reference import reference
+
+    text = reference()
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+
+
 @cli.command()
 def migrate(database_url: Annotated[str | None, typer.Option()] = None) -> None:
     """Upgrade the database schema to the newest revision."""
