@@ -15,12 +15,19 @@ UNMATCHED = "unmatched"  # a 404 for a path no route serves: one label for all o
 _PARAM = re.compile(r"{([^}:]+)(:[^}]*)?}")
 
 
+# Per route object (kept alive here, so its id is never reused): its full template.
+_TEMPLATES: dict[int, tuple[object, str]] = {}
+
+
 def route_template(scope: Scope) -> str:
     """The matched route's path template with its router's prefix: ``/api/v1/experiments/
     {experiment_id}``. The router leaves the route in the scope; an included router's route
     knows only its own part of the path, so the prefix is what the request path has before it.
     """
     route: Any = scope.get("route")
+    cached = _TEMPLATES.get(id(route))
+    if cached is not None and cached[0] is route:
+        return cached[1]
     template = getattr(route, "path", None)
     if not isinstance(template, str):
         return UNMATCHED
@@ -30,8 +37,24 @@ def route_template(scope: Scope) -> str:
     except KeyError:
         return _PARAM.sub(r"{\1}", template)
     path: str = scope.get("path", "")
-    prefix = path[: len(path) - len(rendered)] if path.endswith(rendered) else ""
-    return prefix + _PARAM.sub(r"{\1}", template)
+    if not path.endswith(rendered):
+        return _PARAM.sub(r"{\1}", template)
+    full = path[: len(path) - len(rendered)] + _PARAM.sub(r"{\1}", template)
+    _TEMPLATES[id(route)] = (route, full)
+    return full
+
+
+# (method, route, status) → its counter and histogram: labels() validates and locks each time.
+_SERIES: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+
+def _series(labels: tuple[str, str, str]) -> tuple[Any, Any]:
+    found = _SERIES.get(labels)
+    if found is None:
+        made = telemetry.instruments()
+        found = _SERIES[labels] = (made.requests.labels(*labels),
+                                   made.request_seconds.labels(*labels))
+    return found
 
 
 class RequestMetrics:
@@ -55,7 +78,6 @@ class RequestMetrics:
             await self.app(scope, receive, send_and_note)
         finally:
             # The router put the matched route in the scope (the same dict) on its way in.
-            labels = (scope["method"], route_template(scope), str(status))
-            found = telemetry.instruments()
-            found.requests.labels(*labels).inc()
-            found.request_seconds.labels(*labels).observe(time.perf_counter() - started)
+            count, seconds = _series((scope["method"], route_template(scope), str(status)))
+            count.inc()
+            seconds.observe(time.perf_counter() - started)
