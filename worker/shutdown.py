@@ -42,9 +42,15 @@ def child_pids(parent: int | None = None) -> list[int]:
     return pids
 
 
-def forward_to_children() -> None:
-    """In the worker's parent, on warm shutdown: tell each job to wind down, and start none."""
+def stop_worker() -> None:
+    """In the worker's parent, on warm shutdown: start no job, and tell each running one to
+    wind down."""
     worker_stopping.set()
+    forward_to_children()
+
+
+def forward_to_children() -> None:
+    """Tell each job process to wind down."""
     for pid in child_pids():
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGUSR2)
