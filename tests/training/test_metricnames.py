@@ -16,7 +16,10 @@ SHAPES: list[dict[str, Any]] = [
     {"model": {"batch_norm": {"enabled": False}}},
     {"model": {"hidden_layers": [8, 8, 8], "batch_norm": {"on_output": False,
                                                          "placement": "after_activation"}}},
-    {"dataset": {"validation_size": 0}, "clipping": {"mode": "norm"}},
+    {"dataset": {"validation_size": 0}, "clipping": {"mode": "norm"},
+     "model": {"activation": "relu"}},
+    {"model": {"activation": "identity"}},  # no unit telemetry
+    {"model": {"activation": "sigmoid", "batch_norm": {"enabled": False}}},
     {"dataset": {"name": "synthetic", "test_size": 0,
                  "synthetic": {"samples": 200, "features": 5, "classes": 3}},
      "training": {"activation_stats_every_steps": 2}},

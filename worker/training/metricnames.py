@@ -11,7 +11,9 @@ from worker.training.config import ExperimentConfig
 from worker.training.datasets import split_count
 from worker.training.evaluation import PERCENTILES
 from worker.training.job import POOL_SIZES
+from worker.training.model import Layer
 from worker.training.recorder import STEP_METRICS
+from worker.training.units import unit_state
 
 OFFICIAL_TEST_SET = ("mnist", "fashion_mnist")  # 10,000 test images; test_size is not used
 BN_STATISTICS = ("running_mean_abs", "running_var_mean")
@@ -47,4 +49,9 @@ def produced_names(config: ExperimentConfig) -> list[str]:
         names += [f"{split}_loss", f"{split}_accuracy"]
     names += [f"bn/{layer}/{stat}" for layer in bn_layers for stat in BN_STATISTICS]
     names += [f"act/{layer}/{label}" for layer in layers for label, _ in PERCENTILES]
+    # Dead (ReLU) or saturated (sigmoid, tanh, ELU, SELU) units of the hidden layers; the
+    # logits (identity) are not measured.
+    state = unit_state(Layer(1, 1, config.model.activation, None, bn_first=True).activation)
+    if state is not None:
+        names += [f"units/{layer}/{state}" for layer in layers if layer != "outputs"]
     return names
