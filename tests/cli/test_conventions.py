@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -123,7 +124,8 @@ def test_train_results_on_stdout_and_exit_codes(data_env: dict[str, str]) -> Non
     result = normlab("train", *DIGITS, env=data_env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] == "experiment on cpu"
-    assert "status               succeeded" in result.stdout and "Traceback" not in result.stderr
+    assert re.search(r"^status +succeeded$", result.stdout, re.M), result.stdout
+    assert "Traceback" not in result.stderr
     diverged = normlab("train", *DIGITS, "--set", "optimizer.learning_rate=10",
                        "--set", "model.batch_norm.enabled=false", "--json", env=data_env)
     assert diverged.returncode == 3, diverged.stderr
