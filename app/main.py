@@ -10,12 +10,14 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.errors import BodySizeLimit, install_error_handlers
+from app.api.instrumentation import RequestMetrics
 from app.api.links import operation_id
 from app.api.routes import (
     experiments,
     exports,
     meta,
     metrics,
+    prometheus,
     series,
     stream,
     studies,
@@ -73,7 +75,9 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         app.include_router(router, prefix=API_PREFIX, responses=COMMON_RESPONSES)
     app.add_api_route("/healthz", meta.healthz, include_in_schema=False)
     app.add_api_route("/readyz", meta.readyz, include_in_schema=False)
+    app.include_router(prometheus.router, responses=COMMON_RESPONSES)  # GET /metrics
     pages.install(app)
+    app.add_middleware(RequestMetrics)  # outermost: counts every answer, 413s included
     _customize_openapi(app)
     return app
 

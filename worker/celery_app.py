@@ -76,7 +76,7 @@ def _in_pool_child(**_: object) -> None:
 
 def _on_warm_shutdown(**_: object) -> None:
     # Celery waits for running jobs on a warm shutdown: ask them to checkpoint and hand back.
-    shutdown.forward_to_children()
+    shutdown.stop_worker()
 
 
 _reconciler: subprocess.Popen[bytes] | None = None

@@ -20,8 +20,10 @@ import functools
 import logging
 import pickle
 import signal
+import time
 from multiprocessing.connection import Connection
 
+from app.core import telemetry
 from app.db import lifecycle, metrics
 from app.db.lifecycle import Lease
 from app.db.session import dispose_after_fork, session_scope
@@ -43,12 +45,17 @@ def _die_with_parent() -> None:
 
 
 def write(database_url: str, lease: Lease, batch: list[MetricPoint]) -> str:
+    started = time.perf_counter()
     with session_scope(database_url) as session:
         # The heartbeat goes first: if the lease is lost, nothing of this batch is written.
         status = lifecycle.heartbeat(session, lease)
         if status is None:
             raise LeaseLostError
         metrics.insert_points(session, lease.experiment_id, batch)
+    # Operators' metrics (GET /metrics): committed points and the write's latency.
+    counted = telemetry.instruments()
+    counted.sink_write_seconds.observe(time.perf_counter() - started)
+    counted.points_written.inc(len(batch))
     return status
 
 

@@ -31,6 +31,11 @@ def execute(experiment_id: uuid.UUID, *, settings: Settings, worker_name: str,
     """Run one experiment if it is still queued; returns what happened."""
     shutdown.install_job_handlers()
     url = settings.database_url
+    if shutdown.worker_stopping.is_set():
+        # A job process forked while its worker shuts down (it took the message its previous
+        # job re-sent when handing back): leave the experiment queued for the next worker.
+        log.info("experiment %s stays queued: this worker is stopping", experiment_id)
+        return "skipped"
 
     def db(what: str, work: Callable[[Any], T]) -> T:
         def attempt() -> T:
@@ -42,7 +47,7 @@ def execute(experiment_id: uuid.UUID, *, settings: Settings, worker_name: str,
     if lease is None:  # a duplicate delivery, or cancelled/deleted while queued
         log.info("%s skipped %s: not queued any more", worker_name, experiment_id)
         return "skipped"
-    log.info("%s claimed %s (attempt %d)", worker_name, experiment_id, lease.attempt)
+    log.info("%s claimed %s (attempt %d): running", worker_name, experiment_id, lease.attempt)
     row = db("load", lambda s: experiments.get(s, experiment_id))
     assert row is not None and row.started_at is not None
     config = ExperimentConfig.model_validate(row.config)
@@ -93,6 +98,9 @@ def execute(experiment_id: uuid.UUID, *, settings: Settings, worker_name: str,
         log.exception("could not record the end of %s; the reconciler will take it back",
                       experiment_id)
         return "unrecorded"
+    steps = summary.get("steps") if summary else None
+    log.info("experiment %s %s%s", experiment_id, status,
+             f" after {steps} steps" if steps is not None else f": {error}" if error else "")
     return status
 
 
@@ -100,6 +108,8 @@ def _hand_back(db: Callable[..., Any], lease: Lease, config: ExperimentConfig,
                settings: Settings, dispatcher: Callable[[], Dispatcher]) -> str:
     """Shutting down: queue the experiment again for the next worker (it resumes from here)."""
     new_status = db("hand back", lambda s: lifecycle.hand_back(s, lease))
+    log.info("experiment %s handed back (%s): the worker is stopping", lease.experiment_id,
+             new_status)
     if new_status == "queued":
         try:
             dispatcher().send(lease.experiment_id, queue_for(config.resources.device, settings))

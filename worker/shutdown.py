@@ -11,6 +11,9 @@ import threading
 from types import FrameType
 
 requested = threading.Event()
+# Set in the worker's main process when it begins a warm shutdown; a job process forked after
+# that inherits it and starts nothing.
+worker_stopping = threading.Event()
 
 
 def _on_signal(_signum: int, _frame: FrameType | None) -> None:
@@ -39,8 +42,15 @@ def child_pids(parent: int | None = None) -> list[int]:
     return pids
 
 
+def stop_worker() -> None:
+    """In the worker's parent, on warm shutdown: start no job, and tell each running one to
+    wind down."""
+    worker_stopping.set()
+    forward_to_children()
+
+
 def forward_to_children() -> None:
-    """In the worker's parent, on warm shutdown: tell each job to wind down."""
+    """Tell each job process to wind down."""
     for pid in child_pids():
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGUSR2)

@@ -6,6 +6,7 @@ import uuid
 
 from app.core.config import get_settings
 from app.dispatch import CeleryDispatcher
+from worker import exporter, verbosity  # noqa: F401  (the optional /metrics endpoint; quiet logs)
 from worker.celery_app import TASK_NAME, create_celery
 from worker.runner import execute
 

@@ -93,8 +93,12 @@ class MetricPointOut(BaseModel):
 
 class MetricPage(BaseModel):
     items: list[MetricPointOut]
-    next_after_step: int | None = Field(
-        description="Pass as after_step to continue; null when nothing new was found"
+    next_after_step: int = Field(
+        description="Send back unchanged as after_step: the page's last step, or the after_step "
+        "sent when nothing new was found"
+    )
+    has_more: bool = Field(
+        description="More points are stored past this page: ask again at once (else wait)"
     )
 
 
@@ -107,6 +111,13 @@ class MetricNameOut(BaseModel):
 class PresetOut(BaseModel):
     name: str
     description: str
+    dataset: str
+    needs_download: bool = Field(
+        description="The dataset is downloaded on first use (then kept under NORMLAB_DATA_DIR)"
+    )
+    offline_dataset: str | None = Field(
+        description='A bundled dataset to use without internet: {"dataset": {"name": …}}'
+    )
     config: ExperimentConfig
 
 
@@ -172,7 +183,14 @@ class ComparedExperiment(BaseModel):
     id: uuid.UUID
     name: str
     status: Status
-    config_diff: dict[str, Any] = Field(description="Fields that differ from the first experiment")
+    summary: TrainSummary | None = Field(description="The run's summary; null until it finishes")
+    summary_diff: dict[str, int | JsonFloat | None] = Field(
+        description="This summary minus the first experiment's, per numeric field (null where "
+        "either lacks a value); empty until both have a summary"
+    )
+    config_diff: dict[str, Any] = Field(
+        description="Config fields that differ from the first experiment (`name` aside)"
+    )
     series: dict[str, list[BucketOut]]
 
 

@@ -1,20 +1,55 @@
-"""The `normlab` command line."""
+"""The `normlab` command line. Results go to stdout, progress and problems to stderr; the exit
+codes are in ``app.cli.errors`` (0 succeeded, 3 diverged, 1 failed or cancelled, 2 usage or
+config error, 4 server unreachable)."""
 
 from __future__ import annotations
 
+import logging
 import os
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from app.cli.configfile import load_config
+from app.cli.errors import Debug, ErrorHandlingGroup
 
 cli = typer.Typer(
+    cls=ErrorHandlingGroup,
     no_args_is_help=True,
     add_completion=False,
-    help="NormLab: batch-norm and gradient-clipping experiments.",
+    pretty_exceptions_enable=False,
+    help="NormLab: batch-norm and gradient-clipping experiments. Exit codes: 0 succeeded, "
+    "3 diverged, 1 failed or cancelled, 2 usage or config error, 4 server unreachable.",
 )
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON, full precision")]
+VerboseOpt = Annotated[bool, typer.Option(
+    "--verbose", help="Also Celery's banner and task lines, uvicorn's startup and access log")]
+
+
+def _version(show: bool) -> None:
+    if show:
+        try:
+            typer.echo(f"normlab {version('normlab')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            typer.echo("normlab (not installed)")
+        raise typer.Exit()
+
+
+@cli.callback()
+def _options(
+    show_version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit")] = False,
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="Show tracebacks and the engine's log")] = False,
+) -> None:
+    Debug.enabled = debug
+    if debug:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    else:
+        # Each mirror's failure is summed up in the one-line error (--debug shows them).
+        logging.getLogger("worker.training.idx").setLevel(logging.ERROR)
 
 ConfigArg = Annotated[
     Path | None, typer.Argument(help="Config file (.json or .yaml)", exists=True, dir_okay=False)
@@ -40,22 +75,52 @@ def train(
     out: Annotated[Path | None, typer.Option(help="Write result and all metrics as JSON")] = None,
     device: Annotated[str | None, typer.Option(help="Override resources.device")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Write a safetensors checkpoint")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Train one experiment here, with a progress bar and a summary table."""
+    """Train one experiment here: progress on stderr, the summary on stdout. Exits 0
+    (succeeded), 3 (diverged) or 1 (cancelled)."""
+    from app.cli.errors import exit_code
     from app.cli.train import run_training
 
     _, cfg = load_config(config, preset, set_ or [])
-    summary = run_training(cfg, out=out, device=device, checkpoint=checkpoint)
-    raise typer.Exit(0 if summary.status == "succeeded" else 1)
+    summary = run_training(cfg, out=out, device=device, checkpoint=checkpoint, as_json=as_json)
+    raise typer.Exit(exit_code(summary.status))
 
 
 @cli.command()
-def presets() -> None:
-    """List the named presets."""
-    from worker.training.presets import PRESET_DESCRIPTIONS
+def presets(as_json: JsonOpt = False) -> None:
+    """List the named presets, their datasets, and what needs a download."""
+    from app.cli.output import columns, emit, emit_json
+    from worker.training.datasets import OFFLINE_ALTERNATIVE, is_cached
+    from worker.training.presets import PRESET_DESCRIPTIONS, preset_info
 
-    for name, description in PRESET_DESCRIPTIONS.items():
-        typer.echo(f"{name:12s} {description}")
+    infos = [preset_info(name) for name in PRESET_DESCRIPTIONS]
+    if as_json:
+        emit_json([{**info, "cached": is_cached(info["dataset"])} for info in infos])
+        return
+    rows = []
+    for info in infos:
+        dataset = info["dataset"]
+        download = "no"
+        if info["needs_download"]:
+            download = "cached" if is_cached(dataset) else (
+                f"yes (offline: --set dataset.name={OFFLINE_ALTERNATIVE[dataset]})")
+        rows.append([info["name"], dataset, download, info["description"]])
+    emit(columns(["PRESET", "DATASET", "DOWNLOAD", "DESCRIPTION"], rows))
+
+
+@cli.command("config-reference")
+def config_reference(
+    out: Annotated[Path | None, typer.Option(help="Write it here (docs/config.md)")] = None,
+) -> None:
+    """Print the reference of every config field (type, default, bounds, meaning) as Markdown."""
+    from app.cli.reference import reference
+
+    text = reference()
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
 
 
 @cli.command()
@@ -79,10 +144,12 @@ def serve(
     workers: Annotated[int, typer.Option(
         min=1, max=64, help="API processes (see docs/benchmarks.md, \"data path\")"
     )] = 2,
-    access_log: Annotated[bool, typer.Option(help="Log every request")] = True,
+    access_log: Annotated[bool, typer.Option(help="Log every request")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run the API. Without a broker URL, also run an embedded worker (SQLite, no Redis)."""
-    _export(database_url=database_url, broker_url=broker_url, data_dir=data_dir)
+    _export(database_url=database_url, broker_url=broker_url, data_dir=data_dir,
+            verbose=verbose or None)
     from app.cli.service import serve as run_serve
 
     run_serve(host, port, workers=workers, access_log=access_log)
@@ -98,9 +165,13 @@ def worker(
     name: Annotated[str | None, typer.Option(
         help="Worker name, NAME or NAME@HOST (default: normlab-<pid>@<host>); shown in each "
              "experiment's `worker` field and in the logs")] = None,
+    metrics_port: Annotated[int | None, typer.Option(
+        min=1, max=65535, help="Serve this worker's Prometheus metrics on this port")] = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run a Celery worker that trains queued experiments."""
-    _export(database_url=database_url, broker_url=broker_url, worker_device=device)
+    _export(database_url=database_url, broker_url=broker_url, worker_device=device,
+            worker_metrics_port=metrics_port, verbose=verbose or None)
     from app.cli.service import run_worker
 
     run_worker(queues, concurrency, name)
@@ -112,9 +183,11 @@ def submit(
     preset: PresetOpt = None,
     set_: SetOpt = None,
     tag: Annotated[list[str] | None, typer.Option(help="Tag (repeatable)")] = None,
-    watch: Annotated[bool, typer.Option(help="Show live progress until it finishes")] = False,
+    watch: Annotated[bool, typer.Option(
+        help="Show live progress until it finishes; exit with its status's code")] = False,
     url: UrlOpt = "http://127.0.0.1:8000",
     api_key: KeyOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Submit an experiment to a running service; prints its id."""
     from app.cli.client import submit as do_submit
@@ -122,17 +195,18 @@ def submit(
     raw, _ = load_config(config, preset, set_ or [])
     if tag:
         raw["tags"] = tag
-    do_submit(url, raw, watch=watch, api_key=api_key)
+    raise typer.Exit(do_submit(url, raw, watch=watch, api_key=api_key, as_json=as_json))
 
 
 @cli.command()
 def status(
-    experiment_id: str, url: UrlOpt = "http://127.0.0.1:8000", api_key: KeyOpt = None
+    experiment_id: str, url: UrlOpt = "http://127.0.0.1:8000", api_key: KeyOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Show an experiment's status and summary."""
     from app.cli.client import show_status
 
-    show_status(url, experiment_id, api_key)
+    show_status(url, experiment_id, api_key, as_json)
 
 
 @cli.command("export")

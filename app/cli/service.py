@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import ipaddress
+import logging
 import os
 import re
 import signal
@@ -15,12 +16,17 @@ from typing import Any
 import typer
 import uvicorn
 
+from app.core import telemetry
 from app.core.config import Settings, get_settings
 from app.db import keys
 from app.db.migrate import SchemaNotMigratedError, check_migrated, upgrade
 from app.db.session import session_scope
 
 WORKER_APP = "worker.tasks:celery_app"
+# Lines an API process logs that say nothing an operator acts on (shown with --verbose):
+# alembic's per-process migration check, kombu's "No hostname was supplied" for the embedded
+# filesystem queue.
+QUIET_API_LOGGERS = {"alembic": logging.WARNING, "kombu.connection": logging.ERROR}
 
 
 # A worker's Celery node name: NAME or NAME@HOST (``%h``: this host). Letters, digits, ``-_.%``.
@@ -39,10 +45,12 @@ def worker_name(name: str | None, prefix: str = "normlab") -> str:
     return name if "@" in name else f"{name}@%h"
 
 
-def worker_argv(queues: str, concurrency: int, name: str) -> list[str]:
+def worker_argv(queues: str, concurrency: int, name: str, quiet: bool = False) -> list[str]:
+    """``celery`` arguments; ``quiet``: no banner (see ``worker.verbosity``)."""
     return [
         "-A",
         WORKER_APP,
+        *(["--quiet"] if quiet else []),
         "worker",
         "--queues",
         queues,
@@ -66,7 +74,8 @@ def run_worker(queues: str, concurrency: int, name: str | None = None) -> None:
         raise typer.Exit(2) from exc
     from worker.tasks import celery_app
 
-    celery_app.worker_main(worker_argv(queues, concurrency, node)[2:])
+    celery_app.worker_main(worker_argv(queues, concurrency, node,
+                                       quiet=not get_settings().verbose)[2:])
 
 
 def run_reconciler(once: bool) -> None:
@@ -117,7 +126,13 @@ def make_app() -> Any:
     """The ASGI app of one API process (uvicorn's factory in each worker process)."""
     from app.main import create_app
 
-    app = create_app(get_settings())
+    settings = get_settings()
+    # The app's own lines (experiments queued or cancelled, warnings), beside uvicorn's.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if not settings.verbose:
+        for name, level in QUIET_API_LOGGERS.items():
+            logging.getLogger(name).setLevel(level)
+    app = create_app(settings)
     # Everything imported so far (torch, pydantic models, SQLAlchemy) lives as long as the
     # process: keep it out of the collector's full passes, which otherwise stall a request that
     # allocates many objects (a 10,000-point metric page) by tens of milliseconds.
@@ -149,9 +164,12 @@ def tcp_listener(host: str, port: int) -> socket.socket:
 
 
 def run_api(host: str, port: int, workers: int, access_log: bool) -> None:
-    options: dict[str, Any] = {"host": host, "port": port, "log_level": "info",
-                               "access_log": access_log}
+    verbose = get_settings().verbose
+    options: dict[str, Any] = {"host": host, "port": port,
+                               "log_level": "info" if verbose else "warning",
+                               "access_log": access_log or verbose}
     if workers == 1:
+        typer.echo(f"API on http://{host}:{port}", err=True)
         uvicorn.run(make_app(), **options)
         return
     from uvicorn.supervisors import Multiprocess
@@ -184,12 +202,16 @@ def serve(host: str, port: int, workers: int = 2, access_log: bool = True) -> No
     if problem:
         typer.echo(f"refusing to serve: {problem}", err=True)
         raise typer.Exit(2)
+    # The API processes and the embedded worker's jobs count into one directory: a scrape of
+    # /metrics, whichever process answers it, sums them all (app.core.telemetry).
+    counters = None if telemetry.shared_directory() else telemetry.share_between_processes()
     embedded_worker = None
     if settings.embedded:
         # Training never runs in the API's process: a worker process of its own, same task code.
         name = worker_name(None, "embedded")
         embedded_worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", *worker_argv("gpu,cpu", 1, name)]
+            [sys.executable, "-m", "celery",
+             *worker_argv("gpu,cpu", 1, name, quiet=not settings.verbose)]
         )
         typer.echo(
             f"embedded worker started (pid {embedded_worker.pid}); "
@@ -207,3 +229,5 @@ def serve(host: str, port: int, workers: int = 2, access_log: bool = True) -> No
                 embedded_worker.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 embedded_worker.kill()
+        if counters is not None:
+            telemetry.stop_sharing(counters)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.cli.output import human
+
 
 def _prediction_cost(entry: dict[str, Any]) -> tuple[str, str]:
     def us(key: str) -> str:
@@ -28,5 +30,5 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         if key == "prediction_cost" and isinstance(value, list):
             rows.extend(_prediction_cost(entry) for entry in value)
         else:
-            rows.append((key, "—" if value is None else str(value)))
+            rows.append((key, human(value)))  # rounded, with the one null marker
     return rows

@@ -1,4 +1,5 @@
-"""`normlab train`: run one experiment in this process, with a progress bar and a summary."""
+"""`normlab train`: run one experiment in this process: a progress bar on stderr, the summary
+on stdout (a table for people, or JSON with ``--json``)."""
 
 from __future__ import annotations
 
@@ -8,24 +9,51 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from app.cli.errors import EXIT_USAGE, CliError
+from app.cli.output import emit, emit_json, table
 from app.cli.summary import summary_rows
 from worker.training.config import ExperimentConfig
+from worker.training.datasets import OFFLINE_ALTERNATIVE, DatasetUnavailableError
+from worker.training.device import DeviceUnavailableError
 from worker.training.job import run_job
-from worker.training.result import MetricPoint, TrainSummary, encode_float
+from worker.training.result import MetricPoint, TrainResult, TrainSummary, encode_float
 
 
-def summary_table(summary: TrainSummary, title: str) -> Table:
-    table = Table(title=title, show_header=False)
-    for key, text in summary_rows(summary.model_dump(mode="json")):
-        table.add_row(key, text)
-    return table
+def summary_text(summary: TrainSummary, title: str) -> str:
+    return table(title, summary_rows(summary.model_dump(mode="json")))
 
 
 def run_training(
-    config: ExperimentConfig, *, out: Path | None, device: str | None, checkpoint: Path | None
+    config: ExperimentConfig, *, out: Path | None, device: str | None, checkpoint: Path | None,
+    as_json: bool = False,
 ) -> TrainSummary:
+    try:
+        result = _train(config, out=out, device=device, checkpoint=checkpoint)
+    except DatasetUnavailableError as exc:
+        raise CliError(dataset_problem(config.dataset.name, exc), EXIT_USAGE) from exc
+    except DeviceUnavailableError as exc:
+        raise CliError(f"{exc}: train on the CPU with --device cpu (or resources.device: auto)",
+                       EXIT_USAGE) from exc
+    if as_json:
+        emit_json({"config": config.model_dump(mode="json"), "device": result.device,
+                   "summary": result.summary.model_dump(mode="json")})
+    else:
+        emit(summary_text(result.summary, f"{config.name} on {result.device}"))
+    return result.summary
+
+
+def dataset_problem(name: str, exc: DatasetUnavailableError) -> str:
+    """One line: what is missing, and the offline dataset to use instead."""
+    first = str(exc).splitlines()[0].rstrip(".")
+    fix = OFFLINE_ALTERNATIVE.get(name, "digits")
+    return (f"dataset {name!r} is not available offline ({first}; --debug lists the mirrors "
+            f"tried): train on a bundled dataset with --set dataset.name={fix}")
+
+
+def _train(
+    config: ExperimentConfig, *, out: Path | None, device: str | None, checkpoint: Path | None
+) -> TrainResult:
     console = Console(stderr=True)
     points: list[MetricPoint] = []
     last: dict[str, float] = {}
@@ -35,6 +63,8 @@ def run_training(
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
         console=console,
+        transient=True,  # gone when done: an error or the summary stands alone
+        disable=not console.is_terminal,  # a bar is noise in a log file
     ) as progress:
         task = progress.add_task("epochs", total=config.training.epochs, info="starting")
 
@@ -55,7 +85,6 @@ def run_training(
         result = run_job(
             config, on_metrics=on_metrics, device_override=device, checkpoint_path=checkpoint
         )
-    console.print(summary_table(result.summary, f"{config.name} on {result.device}"))
     if out is not None:
         payload = {
             "config": config.model_dump(mode="json"),
@@ -72,4 +101,4 @@ def run_training(
             ],
         }
         out.write_text(json.dumps(payload))
-    return result.summary
+    return result

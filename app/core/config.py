@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.training.datasets import default_data_dir
@@ -20,7 +20,9 @@ class Settings(BaseSettings):
     # None = embedded: a filesystem queue under data_dir and a worker process started by `serve`.
     broker_url: str | None = None
     data_dir: Path = Field(default_factory=default_data_dir)
-    artifacts_dir: Path = Path("./normlab-artifacts")
+    # Checkpoints; unset: data_dir/artifacts (never the working directory). API and workers
+    # must share it (a volume in compose).
+    artifacts_dir: Path = Path("artifacts")
 
     # Routing: which queue a config with device "auto" goes to ("gpu" where GPU workers exist).
     auto_queue: Literal["cpu", "gpu"] = "cpu"
@@ -57,6 +59,12 @@ class Settings(BaseSettings):
     max_steps_per_experiment: int = Field(10_000_000, ge=1)  # epochs × steps per epoch
     max_study_members: int = Field(512, ge=1, le=100_000)  # cells × seeds of one study
 
+    # Operations. verbose: Celery's banner and per-task lines, uvicorn's startup lines and
+    # access log, known-harmless warnings (quiet by default: state changes and real warnings).
+    verbose: bool = False
+    # A worker's own Prometheus endpoint (see README, "Metrics for operators").
+    worker_metrics_port: int | None = Field(None, ge=1, le=65535)
+
     # HTTP.
     stream_poll_s: float = Field(0.5, gt=0, le=10)  # how often an SSE stream checks for news
     # Comma-separated in the environment; empty = CORS off.
@@ -69,6 +77,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _artifacts_under_data_dir(self) -> Self:
+        if "artifacts_dir" not in self.model_fields_set:
+            self.artifacts_dir = self.data_dir / "artifacts"
+        return self
 
     @property
     def embedded(self) -> bool:

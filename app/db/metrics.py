@@ -151,6 +151,38 @@ class PointRow(NamedTuple):
     wall_time: float
 
 
+class RowPage(NamedTuple):
+    """A page of stored rows, and whether points past its last step exist already."""
+
+    rows: list[Row]
+    has_more: bool
+
+
+def read_row_page(
+    session: Session,
+    experiment_id: uuid.UUID,
+    *,
+    after_step: int = -1,
+    names: Sequence[str] | None = None,
+    limit: int = 1000,
+) -> RowPage:
+    """``read_page``'s points as stored: (name, step, epoch, value, kind, wall_time) tuples,
+    ``value`` None unless ``kind`` is FINITE, for callers that encode points themselves; and
+    ``has_more``: the page was cut, so the next one has points already (a poller asks again at
+    once instead of waiting)."""
+    fetch = _fetch_driver if uses_psycopg(session) else _fetch_orm
+    rows = fetch(session, experiment_id, after_step, names, None, limit + 1)
+    if len(rows) <= limit:
+        return RowPage(rows, False)
+    cut_step = rows[limit][1]
+    kept = [r for r in rows[:limit] if r[1] != cut_step]
+    if kept:
+        return RowPage(kept, True)
+    # One step holds more points than a page: return that whole step, and look past it.
+    whole = fetch(session, experiment_id, cut_step - 1, names, cut_step, None)
+    return RowPage(whole, bool(fetch(session, experiment_id, cut_step, names, None, 1)))
+
+
 def read_rows(
     session: Session,
     experiment_id: uuid.UUID,
@@ -159,17 +191,9 @@ def read_rows(
     names: Sequence[str] | None = None,
     limit: int = 1000,
 ) -> list[Row]:
-    """``read_page``'s points as stored: (name, step, epoch, value, kind, wall_time) tuples,
-    ``value`` None unless ``kind`` is FINITE. For callers that encode points themselves."""
-    fetch = _fetch_driver if uses_psycopg(session) else _fetch_orm
-    rows = fetch(session, experiment_id, after_step, names, None, limit + 1)
-    if len(rows) > limit:
-        cut_step = rows[limit][1]
-        kept = [r for r in rows[:limit] if r[1] != cut_step]
-        if not kept:  # one step holds more points than a page: return that whole step
-            kept = fetch(session, experiment_id, cut_step - 1, names, cut_step, None)
-        rows = kept
-    return rows
+    """``read_row_page``'s rows alone."""
+    return read_row_page(session, experiment_id, after_step=after_step, names=names,
+                         limit=limit).rows
 
 
 def _fetch_orm(session: Session, experiment_id: uuid.UUID, after_step: int,

@@ -78,7 +78,7 @@ def test_preset_is_applied_underneath_the_user_fields(client: TestClient) -> Non
     assert config["clipping"] == {"mode": "value", "threshold": 0.5}  # ... merged, not replaced
     assert config["model"] == preset["model"]  # the rest comes from the preset
     assert config["training"] == preset["training"]
-    assert body["name"] == "geron-clip"
+    assert body["name"] == "geron-clip, modified"  # another threshold: not the preset's recipe
     assert "preset" not in config and "tags" not in config
 
 
@@ -399,3 +399,24 @@ def test_checkpoint_download_name_is_a_safe_token_plus_the_id(
     if filename_star is not None:
         expected += f"; filename*=UTF-8''{filename_star}-{body['id']}.safetensors"
     assert disposition == expected
+
+
+def test_stored_config_leaves_out_what_does_not_apply(client: TestClient) -> None:
+    digits = submit(client, {"dataset": {"name": "digits", "synthetic": {"samples": 500}}})
+    assert "synthetic" not in digits["config"]["dataset"]
+    stored = client.get(f"{API}/experiments/{digits['id']}").json()
+    assert "synthetic" not in stored["config"]["dataset"]
+    synthetic = submit(client, {"dataset": {"name": "synthetic"}})
+    assert synthetic["config"]["dataset"]["synthetic"]["samples"] == 2000
+    # Given where it does not apply, the block is still validated.
+    response = client.post(f"{API}/experiments",
+                           json={"dataset": {"name": "digits", "synthetic": {"samples": 5}}})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "dataset", "synthetic", "samples"]
+
+
+def test_a_modified_preset_says_so(client: TestClient) -> None:
+    body = submit(client, {"preset": "geron-bn", "model": {"batch_norm": {"enabled": False}}})
+    assert body["name"] == "geron-bn, modified"
+    assert submit(client, {"preset": "geron-bn", "dataset": {"name": "digits"}})["name"] == (
+        "geron-bn")

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from app.core.config import Settings
 from app.main import create_app
-from tests.api.helpers import API, FakeDispatcher
+from tests.api.helpers import API, FakeDispatcher, submit
 from worker.training.presets import build_config
 
 ROUTES = {
@@ -117,3 +117,12 @@ def test_openapi_submission_body_has_preset_tags_and_an_example(client: TestClie
     assert {"204", "404", "409"} <= set(experiment["delete"]["responses"])
     cancel = schema["paths"][f"{API}/experiments/{{experiment_id}}/cancel"]["post"]
     assert {"202", "404", "409"} <= set(cancel["responses"])
+
+
+def test_presets_over_http_say_their_dataset(client: TestClient) -> None:
+    presets = {p["name"]: p for p in client.get("/api/v1/presets").json()}
+    assert presets["geron-bn"]["dataset"] == "mnist"
+    assert presets["geron-bn"]["needs_download"] is True
+    assert presets["geron-bn"]["offline_dataset"] == "mnist_5k"
+    response = submit(client, {"preset": "geron-bn", "dataset": {"name": "mnist_5k"}})
+    assert response["config"]["dataset"]["name"] == "mnist_5k"

@@ -39,7 +39,8 @@ def key(item: dict[str, Any]) -> tuple[str, int]:
 
 def test_metrics_of_a_new_experiment_are_empty(client: TestClient) -> None:
     body = submit(client, {})
-    assert get_metrics(client, body["id"]) == {"items": [], "next_after_step": None}
+    assert get_metrics(client, body["id"]) == {"items": [], "next_after_step": -1,
+                                               "has_more": False}
     response = client.get(f"{API}/experiments/{body['id']}/metrics/names")
     assert response.status_code == 200 and response.json() == []
 
@@ -81,8 +82,9 @@ def test_names_filter(client: TestClient, settings: Settings) -> None:
     assert {i["name"] for i in only_loss} == {"loss"} and len(only_loss) == 12
     two = get_metrics(client, body["id"], names="loss, val_accuracy")["items"]
     assert {i["name"] for i in two} == {"loss", "val_accuracy"} and len(two) == 15
-    assert get_metrics(client, body["id"], names="nothing_like_this") == {
-        "items": [], "next_after_step": None,
+    # A name the config records but that has no point yet: an empty page, not an error.
+    assert get_metrics(client, body["id"], names="bn/outputs/running_var_mean", after_step=3) == {
+        "items": [], "next_after_step": 3, "has_more": False,
     }  # fmt: skip
 
 
@@ -116,7 +118,7 @@ def test_after_step_paging_walks_every_point_once_without_splitting_a_step(
     for _ in range(100):
         page = get_metrics(client, body["id"], after_step=after, limit=limit)
         if not page["items"]:
-            assert page["next_after_step"] is None
+            assert page["next_after_step"] == after and not page["has_more"]
             break
         steps = [i["step"] for i in page["items"]]
         assert all(s > after for s in steps)
@@ -125,6 +127,7 @@ def test_after_step_paging_walks_every_point_once_without_splitting_a_step(
         # More than `limit` only when one step alone is bigger than a page.
         assert len(steps) <= limit or len(set(steps)) == 1
         assert page["next_after_step"] == steps[-1]
+        assert page["has_more"] == (steps[-1] < 12)
         seen.extend(key(i) for i in page["items"])
         after = page["next_after_step"]
     else:
@@ -139,10 +142,11 @@ def test_a_step_bigger_than_the_limit_comes_whole(client: TestClient, settings: 
     insert(settings, body["id"], [MetricPoint(n, s, 1, 1.0, 1.0) for s in (1, 2) for n in names])
     first = get_metrics(client, body["id"], limit=2)
     assert [key(i) for i in first["items"]] == [(n, 1) for n in sorted(names)]
-    assert first["next_after_step"] == 1
+    assert first["next_after_step"] == 1 and first["has_more"]
     second = get_metrics(client, body["id"], limit=2, after_step=1)
     assert [key(i) for i in second["items"]] == [(n, 2) for n in sorted(names)]
-    assert get_metrics(client, body["id"], limit=2, after_step=2)["next_after_step"] is None
+    assert not second["has_more"]
+    assert get_metrics(client, body["id"], limit=2, after_step=2)["next_after_step"] == 2
 
 
 def test_polling_while_points_arrive_misses_nothing(client: TestClient, settings: Settings) -> None:
@@ -153,12 +157,12 @@ def test_polling_while_points_arrive_misses_nothing(client: TestClient, settings
     for start in range(0, len(points), 7):  # the worker commits batches of whole steps ...
         batch_steps = {p.step for p in points[start : start + 7]}
         insert(settings, body["id"], [p for p in points if p.step in batch_steps])
-        while True:  # ... and a client polls between the batches
+        while True:  # ... and a client polls between the batches, as the README says
             page = get_metrics(client, body["id"], after_step=after, limit=3)
-            if page["next_after_step"] is None:
-                break
             seen.extend(key(i) for i in page["items"])
             after = page["next_after_step"]
+            if not page["has_more"]:
+                break
     assert sorted(seen) == sorted({(p.name, p.step) for p in points})
     assert len(seen) == len(set(seen))
 
@@ -194,3 +198,35 @@ def test_metrics_of_unknown_experiment_404_bad_id_422(client: TestClient) -> Non
     for suffix in ("metrics", "metrics/names"):
         assert client.get(f"{API}/experiments/{missing}/{suffix}").status_code == 404
         assert client.get(f"{API}/experiments/nope/{suffix}").status_code == 422
+
+
+def test_the_cursor_round_trips_when_caught_up(client: TestClient, settings: Settings) -> None:
+    """The README's loop: send back next_after_step unchanged, at once while has_more."""
+    body = submit(client, {})
+    insert(settings, body["id"], ragged_points(4))
+    page = get_metrics(client, body["id"], after_step=-1)
+    assert page["next_after_step"] == 4 and not page["has_more"]
+    for _ in range(2):  # caught up: the cursor comes back as sent, and sending it again works
+        page = get_metrics(client, body["id"], after_step=page["next_after_step"])
+        assert page == {"items": [], "next_after_step": 4, "has_more": False}
+    insert(settings, body["id"], [MetricPoint("loss", 5, 2, 0.1, 1.0)])
+    page = get_metrics(client, body["id"], after_step=page["next_after_step"])
+    assert [key(i) for i in page["items"]] == [("loss", 5)] and page["next_after_step"] == 5
+
+
+def test_empty_or_unknown_names_are_422_listing_the_known_ones(client: TestClient) -> None:
+    body = submit(client, {"model": {"hidden_layers": [8, 8]}})
+    url = f"{API}/experiments/{body['id']}/metrics"
+    for names in ("", ",", " , "):
+        response = client.get(url, params={"names": names})
+        assert response.status_code == 422, names
+        assert response.json()["detail"][0]["loc"] == ["query", "names"]
+    response = client.get(url, params={"names": "loss,accuracy,grad_norm/hidden9"})
+    assert response.status_code == 422
+    message = response.json()["detail"][0]["msg"]
+    assert "'accuracy' (did you mean" in message and "'grad_norm/hidden9'" in message
+    assert "'loss'" not in message.split(";")[0]  # a known name is not blamed
+    for known in ("test_accuracy", "grad_norm/hidden2", "act/outputs/p50", "bn/hidden1/"):
+        assert known in message
+    # Known names not written yet are not errors (no epoch has ended).
+    assert get_metrics(client, body["id"], names="val_accuracy,act/hidden2/p15")["items"] == []

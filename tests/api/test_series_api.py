@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.core.config import Settings
-from tests.api.helpers import API, insert, submit
+from tests.api.helpers import API, finish, insert, submit
 from worker.training.result import MetricPoint
 
 BUCKET_KEYS = {
@@ -130,7 +130,8 @@ def test_series_zoom_with_from_and_to(client: TestClient, settings: Settings) ->
     assert [(b["step_start"], b["first"]) for b in body["buckets"]] == [(7, 7.0)]
 
 
-@pytest.mark.parametrize("name", ["grad_norm/hidden1", "bn/hidden1/running_var_mean", "a.b:c-d"])
+@pytest.mark.parametrize("name", ["grad_norm/hidden1", "bn/hidden1/running_var_mean",
+                                  "act/outputs/p85"])
 def test_series_metric_names_with_slashes(
     client: TestClient, settings: Settings, name: str
 ) -> None:
@@ -161,14 +162,21 @@ def test_series_bounds_and_bad_inputs(client: TestClient, settings: Settings) ->
     assert ["path", "experiment_id"] in locs(get_series(client, "not-a-uuid", "loss"))
 
 
-def test_series_unknown_experiment_404_unknown_metric_empty(client: TestClient) -> None:
+def test_series_unknown_experiment_and_unknown_metric_404(client: TestClient) -> None:
     missing = str(uuid.uuid4())
     response = get_series(client, missing, "loss")
     assert response.status_code == 404 and missing in response.json()["detail"]
-    experiment = submit(client, {})
-    body = ok(get_series(client, experiment["id"], "no/such/metric", points=10))
-    assert body["buckets"] == [] and body["raw"] is False
-    assert body["name"] == "no/such/metric"
+    experiment = submit(client, {"model": {"hidden_layers": [8], "batch_norm": {"enabled": False}}})
+    response = get_series(client, experiment["id"], "accuracy", points=10)
+    detail = response.json()["detail"]
+    assert response.status_code == 404
+    assert "'accuracy'" in detail and "did you mean" in detail and "test_accuracy" in detail
+    # Another config's names are unknown here: no hidden2, no BN statistics.
+    for name in ("grad_norm/hidden2", "bn/hidden1/running_var_mean"):
+        assert get_series(client, experiment["id"], name).status_code == 404
+    # A name the config records but not written yet (no epoch has ended): empty, not an error.
+    body = ok(get_series(client, experiment["id"], "val_accuracy", points=10))
+    assert body["buckets"] == [] and body["raw"] is False and body["name"] == "val_accuracy"
 
 
 # --- compare -----------------------------------------------------------------------------------
@@ -220,13 +228,62 @@ def test_compare_shared_axis_aligned_buckets_and_config_diff(
                for e in small["experiments"] for b in e["series"]["loss"])  # fmt: skip
 
 
-def test_compare_default_names_and_duplicate_ids(client: TestClient, settings: Settings) -> None:
+def test_compare_default_names(client: TestClient, settings: Settings) -> None:
     experiment = submit(client, {})
     insert(settings, experiment["id"], series("loss", {1: 1.0, 2: 2.0}))
-    body = ok(compare(client, ids=f"{experiment['id']}, {experiment['id']}"))
+    body = ok(compare(client, ids=f"{experiment['id']}"))
     assert len(body["experiments"]) == 1
     assert set(body["experiments"][0]["series"]) == {"loss"}
     assert body["axis"] == {"from_step": 1, "to_step": 2, "points": 500}
+
+
+def test_compare_rejects_repeated_or_empty_ids_and_names(client: TestClient) -> None:
+    a, b = submit(client, {})["id"], submit(client, {})["id"]
+    for ids in (f"{a},{a}", f"{a}, {b},{a}", f"{a},", f",{a}", f"{a},,{b}"):
+        response = compare(client, ids=ids)
+        assert response.status_code == 422, ids
+        assert response.json()["detail"][0]["loc"] == ["query", "ids"]
+    assert "repeats" in compare(client, ids=f"{a},{a}").json()["detail"][0]["msg"]
+    for names in ("", ",", " , "):
+        assert ["query", "names"] in locs(compare(client, ids=f"{a},{b}", names=names))
+    response = compare(client, ids=f"{a},{b}", names="loss,accuracy")
+    assert ["query", "names"] in locs(response)
+    assert "test_accuracy" in response.json()["detail"][0]["msg"]
+
+
+def test_compare_knows_the_names_of_any_compared_config(client: TestClient) -> None:
+    """BN statistics exist only with BN: comparing them with a run without BN is a question."""
+    bn = submit(client, {})["id"]
+    plain = submit(client, {"model": {"batch_norm": {"enabled": False}}})["id"]
+    name = "bn/hidden1/running_var_mean"
+    assert compare(client, ids=f"{bn},{plain}", names=name).status_code == 200
+    assert compare(client, ids=plain, names=name).status_code == 422
+
+
+def test_compare_carries_summaries_and_their_differences(
+    client: TestClient, settings: Settings
+) -> None:
+    base = {"status": "succeeded", "steps": 100, "epochs_completed": 2, "duration_s": 10.0,
+            "final_test_accuracy": 0.9, "best_val_accuracy": 0.92, "final_loss": 0.3}
+    diverged = {"status": "diverged", "steps": 40, "epochs_completed": 0, "duration_s": 4.5,
+                "final_loss": "NaN", "diverged_at_step": 40, "diverged_metric": "loss"}
+    a = submit(client, {"name": "a"})["id"]
+    b = submit(client, {"name": "b", "optimizer": {"learning_rate": 1.0}})["id"]
+    queued = submit(client, {})["id"]
+    finish(settings, a, summary=base)
+    finish(settings, b, status="diverged", summary=diverged)
+    body = ok(compare(client, ids=f"{a},{b},{queued}"))
+    first, second, third = body["experiments"]
+    assert first["summary"]["final_test_accuracy"] == 0.9
+    assert first["summary_diff"]["steps"] == 0
+    assert second["summary"]["status"] == "diverged"
+    diff = second["summary_diff"]
+    assert diff["steps"] == -60 and diff["duration_s"] == pytest.approx(-5.5)
+    assert diff["diverged_at_step"] is None and diff["final_test_accuracy"] is None
+    assert diff["final_loss"] == "NaN"  # NaN − 0.3: kept, as every non-finite value
+    assert "diverged_metric" not in diff and "status" not in diff
+    assert second["config_diff"] == {"optimizer.learning_rate": 1.0}  # not the name
+    assert third["summary"] is None and third["summary_diff"] == {}
 
 
 def test_compare_experiments_without_points(client: TestClient) -> None:
@@ -234,7 +291,7 @@ def test_compare_experiments_without_points(client: TestClient) -> None:
     body = ok(compare(client, ids=f"{a['id']},{b['id']}", names="loss"))
     assert body["axis"]["from_step"] == body["axis"]["to_step"]
     assert [e["series"] for e in body["experiments"]] == [{"loss": []}, {"loss": []}]
-    assert body["experiments"][1]["config_diff"] == {"name": "other"}
+    assert body["experiments"][1]["config_diff"] == {}  # the name is a label, not a difference
 
 
 def test_compare_bad_inputs(client: TestClient) -> None:

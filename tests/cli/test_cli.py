@@ -98,7 +98,7 @@ def test_diverging_run_exits_non_zero_with_a_summary(tmp_path: Path) -> None:
             str(tmp_path / "r.json"),
         ],
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 3  # divergence is a result, with its own exit code
     summary = json.loads((tmp_path / "r.json").read_text())["summary"]
     assert summary["status"] == "diverged" and summary["diverged_at_step"] >= 1
 

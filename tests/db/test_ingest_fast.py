@@ -167,8 +167,9 @@ def test_page_json_matches_the_pydantic_page() -> None:
         items=[MetricPointOut(name=n, step=s, epoch=e, value=metrics.decode_value(v, k),
                               wall_time=w) for n, s, e, v, k, w in rows],
         next_after_step=len(ODD) - 1,
+        has_more=True,
     ).model_dump_json()
-    assert json.loads(page_json(rows)) == json.loads(expected)
-    assert json.loads(page_json([])) == {"items": [], "next_after_step": None}
+    assert json.loads(page_json(rows, -1, True)) == json.loads(expected)
+    assert json.loads(page_json([], 7)) == {"items": [], "next_after_step": 7, "has_more": False}
     values = [item["value"] for item in json.loads(page_json(rows))["items"]]
     assert values[1:4] == ["NaN", "Infinity", "-Infinity"]

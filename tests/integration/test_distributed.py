@@ -10,7 +10,15 @@ from pathlib import Path
 import httpx
 from sqlalchemy import create_engine, text
 
-from tests.integration.conftest import SMALL, TERMINAL, all_points, service_env, wait_status
+from tests.integration.conftest import (
+    SMALL,
+    TERMINAL,
+    all_points,
+    free_port,
+    service_env,
+    start_worker,
+    wait_status,
+)
 from tests.waiting import HANG_S, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,3 +159,22 @@ def test_raw_header_bytes_get_an_answer_not_a_500(distributed: httpx.Client) -> 
     assert status == 400 and b"If-None-Match" in body
     assert json.loads(raw_get("", {"If-None-Match": b"*"})[1] or b"{}") == {}  # 304, no body
     assert done["status"] == "succeeded"
+
+
+def test_a_worker_serves_its_own_metrics_when_asked(
+    postgres_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = free_port()
+    env = service_env(tmp_path, NORMLAB_DATABASE_URL=postgres_url, NORMLAB_BROKER_URL=redis_url,
+                      NORMLAB_WORKER_METRICS_PORT=str(port), NORMLAB_RECONCILE_IN_WORKER="false")
+    worker = start_worker(env, tmp_path, name="exporter")  # returns once the worker is ready
+    try:
+        text_body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        names = {f.name for f in text_string_to_metric_families(text_body)}
+        assert {"normlab_metric_points_written", "normlab_sink_write_duration_seconds"} <= names
+    finally:
+        worker.stop()
+    log = (tmp_path / "exporter.log").read_text()
+    assert "ERROR" not in log, log[-3000:]

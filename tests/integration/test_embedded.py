@@ -97,3 +97,48 @@ def test_cli_submit_watch_and_status(embedded: tuple[httpx.Client, Path], tmp_pa
     )
     assert shown.returncode == 0 and "final_test_accuracy" in shown.stdout
     assert client.get(f"/api/v1/experiments/{experiment_id}").json()["tags"] == ["cli"]
+
+
+def test_metrics_sum_every_process(embedded: tuple[httpx.Client, Path]) -> None:
+    """Two API processes and the worker's job processes: one scrape counts them all."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client, _ = embedded
+    experiment = client.post("/api/v1/experiments", json=SMALL).json()
+    done = wait_status(client, experiment["id"], TERMINAL)
+    assert done["status"] == "succeeded"
+    for _ in range(20):  # spread over both API processes
+        assert client.get("/healthz").status_code == 200
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    written = sum(s.value for s in families["normlab_metric_points_written"].samples
+                  if s.name.endswith("_total"))
+    assert written >= done["summary"]["steps"]  # every step's loss at least, by the worker
+    health = sum(s.value for s in families["normlab_http_requests"].samples
+                 if s.name.endswith("_total") and s.labels["route"] == "/healthz")
+    assert health >= 20
+
+
+def test_quiet_by_default_and_a_clean_stop_logs_no_error(tmp_path: Path) -> None:
+    """One line per state change, no banner or harmless warnings; SIGTERM to `serve` while a
+    job runs hands the job back without an ERROR."""
+    import os
+    import signal
+
+    env = service_env(tmp_path, NORMLAB_DATABASE_URL=f"sqlite:///{tmp_path}/normlab.db")
+    api, base = start_api(env, tmp_path)
+    try:
+        with httpx.Client(base_url=base, timeout=30) as client:
+            long = client.post("/api/v1/experiments",
+                               json={**SMALL, "training": {"epochs": 1000}}).json()
+            wait_status(client, long["id"], {"running"})
+        os.kill(api.proc.pid, signal.SIGTERM)  # serve alone, as a service manager does
+        assert api.proc.wait(timeout=120) == 0
+    finally:
+        api.stop()
+    log = (tmp_path / "api.log").read_text()
+    for line in (f"experiment {long['id']} (experiment) queued", f"claimed {long['id']}",
+                 f"experiment {long['id']} handed back"):
+        assert line in log, log
+    for noise in ("ERROR", "Traceback", "SecurityWarning", "No hostname was supplied",
+                  "[config]", "Task normlab.run_experiment", '"GET /api/v1', "SQLiteImpl"):
+        assert noise not in log, (noise, log)

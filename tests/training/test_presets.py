@@ -153,3 +153,15 @@ def test_apply_assignments_does_not_mutate_its_input() -> None:
 def test_apply_assignments_rejects_malformed(bad: str) -> None:
     with pytest.raises(ValueError):
         apply_assignments({"training": {"epochs": 5}}, [bad])
+
+
+def test_a_preset_keeps_its_name_only_while_its_recipe_holds() -> None:
+    from worker.training.presets import build_config as build
+
+    assert build({"dataset": {"name": "digits"}, "training": {"epochs": 2}}, "geron-bn").name == (
+        "geron-bn")
+    assert build({"model": {"batch_norm": {"enabled": True}}}, "geron-bn").name == "geron-bn"
+    assert build({"model": {"batch_norm": {"enabled": False}}}, "geron-bn").name == (
+        "geron-bn, modified")
+    assert build({"clipping": {"mode": "norm"}}, "geron-clip").name == "geron-clip, modified"
+    assert build({"name": "mine", "optimizer": {"learning_rate": 1.0}}, "geron-bn").name == "mine"

@@ -149,3 +149,16 @@ def test_a_crashed_attempt_resumes_from_its_last_checkpoint(settings: Settings) 
     assert loss_steps(settings, experiment_id) == full
     with session_scope(settings.database_url) as session:
         assert lifecycle.claim(session, experiment_id, worker="late") is None
+
+
+def test_a_job_forked_while_its_worker_stops_starts_nothing(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It took the message its predecessor re-sent when handing back: the experiment stays
+    queued for the next worker, and this one exits without a job to kill."""
+    experiment_id = create(settings)
+    monkeypatch.setattr(shutdown, "worker_stopping", threading.Event())
+    shutdown.worker_stopping.set()
+    assert run(settings, experiment_id) == "skipped"
+    found = row(settings, experiment_id)
+    assert found.status == "queued" and found.attempt == 0

@@ -35,8 +35,10 @@ SplitSize = Annotated[int, Field(ge=0)] | Annotated[float, Field(ge=0.0, lt=1.0)
 
 class _Strict(BaseModel):
     # strict: no silent coercion ("5" or true is not an epoch count), so bad types are errors.
+    # Each field's docstring is its description: in the OpenAPI schema and docs/config.md.
     model_config = ConfigDict(
-        extra="forbid", allow_inf_nan=False, validate_default=True, strict=True
+        extra="forbid", allow_inf_nan=False, validate_default=True, strict=True,
+        use_attribute_docstrings=True,
     )
 
     @model_validator(mode="before")
@@ -69,8 +71,11 @@ class SyntheticConfig(_Strict):
     """Shape of the generated ``synthetic`` dataset (Gaussian class clusters)."""
 
     samples: int = Field(default=2000, ge=20, le=1_000_000)
+    """Samples generated (before validation and test are cut from them)."""
     features: int = Field(default=784, ge=1, le=MAX_UNITS)
+    """Features per sample (784 matches MNIST's input layer)."""
     classes: int = Field(default=10, ge=2, le=1000)
+    """Classes, one Gaussian cluster each."""
 
 
 ACROSS_FIELDS = " (a rule across fields, refused with 422)"
@@ -78,14 +83,34 @@ ACROSS_FIELDS = " (a rule across fields, refused with 422)"
 
 class DatasetConfig(_Strict):
     name: DatasetName = "digits"
+    """digits (scikit-learn, bundled), mnist_5k (5,000 MNIST images, bundled), mnist and
+    fashion_mnist (downloaded on first use into NORMLAB_DATA_DIR), synthetic (generated)."""
     # Rules across fields are described on the fields they are reported at: the API schema
     # publishes them to clients that cannot read the validators.
     validation_size: SplitSize = Field(default=0.1, description=(
+        "Validation split: a fraction of the data, or a sample count. 0: no validation metrics. "
         "With test_size, must leave some data for training" + ACROSS_FIELDS))
     test_size: SplitSize = Field(default=0.2, description=(
-        "With validation_size, must leave some data for training" + ACROSS_FIELDS))
+        "Test split, as validation_size. Not used by mnist and fashion_mnist, which keep their "
+        "official 10,000-image test set. With validation_size, must leave some data for "
+        "training" + ACROSS_FIELDS))
     standardize: bool = True
-    synthetic: SyntheticConfig = SyntheticConfig()
+    """Z-score each feature with the training split's mean and standard deviation."""
+    synthetic: SyntheticConfig | None = Field(default=None, exclude_if=lambda v: v is None)
+    """Shape of the synthetic dataset; only with name synthetic (given with another dataset it is
+    validated, then left out of the stored config)."""
+
+    @property
+    def synthetic_shape(self) -> SyntheticConfig:
+        return self.synthetic or SyntheticConfig()
+
+    @model_validator(mode="after")
+    def _synthetic_only_where_it_applies(self) -> Self:
+        if self.name != "synthetic":
+            self.synthetic = None
+        elif self.synthetic is None:
+            self.synthetic = SyntheticConfig()
+        return self
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> Self:
@@ -104,23 +129,35 @@ class BatchNormConfig(_Strict):
     """TF1 ``tf.contrib.layers.batch_norm`` as the seed calls it (decay 0.99, no γ by default)."""
 
     enabled: bool = True
+    """Normalize each layer's pre-activations over the mini-batch (Ioffe & Szegedy 2015)."""
     decay: float = Field(default=0.99, gt=0.0, lt=1.0)
+    """Moving-average decay of the batch statistics used at evaluation (TF1's decay; PyTorch's
+    momentum is 1 - decay)."""
     epsilon: float = Field(default=0.001, gt=0.0, le=1.0)
+    """Added to the variance before its square root."""
     center: bool = True
+    """Learn an offset β."""
     scale: bool = False
+    """Learn a scale γ (TF1's batch_norm default is off)."""
     placement: Placement = "before_activation"
+    """Normalize the activation's input (the paper, Géron) or its output."""
     on_output: bool = True
+    """Normalize the logits too (Géron's network does)."""
 
 
 class ModelConfig(_Strict):
     hidden_layers: list[Annotated[int, Field(ge=1, le=MAX_UNITS)]] = Field(
         default_factory=lambda: [300, 100], max_length=MAX_HIDDEN_LAYERS
     )
+    """Units of each hidden layer, input side first; the output layer has one unit per class."""
     activation: Activation = "elu"
+    """Activation of every hidden layer."""
     init: Init = "he_normal"
+    """Weight initialization (biases start at zero); default keeps PyTorch's."""
     init_std: float | None = Field(default=None, gt=0.0, le=10.0, description=(
-        "Required when init is 'normal'" + ACROSS_FIELDS))
+        "Standard deviation of the normal init. Required when init is 'normal'" + ACROSS_FIELDS))
     batch_norm: BatchNormConfig = BatchNormConfig()
+    """Batch normalization."""
 
     @model_validator(mode="after")
     def _normal_init_needs_std(self) -> Self:
@@ -135,11 +172,15 @@ class ModelConfig(_Strict):
 
 class OptimizerConfig(_Strict):
     name: OptimizerName = "sgd"
+    """sgd, momentum (SGD with momentum 0.9 unless set), adam or rmsprop."""
     learning_rate: float = Field(default=0.01, gt=0.0, le=10.0)
+    """Step size."""
     momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Momentum of sgd, momentum and rmsprop."""
     nesterov: bool = Field(default=False, description=(
-        "Needs name 'sgd' or 'momentum' with momentum > 0" + ACROSS_FIELDS))
+        "Nesterov momentum. Needs name 'sgd' or 'momentum' with momentum > 0" + ACROSS_FIELDS))
     weight_decay: float = Field(default=0.0, ge=0.0, le=1.0)
+    """L2 penalty coefficient."""
 
     @model_validator(mode="before")
     @classmethod
@@ -162,24 +203,33 @@ class OptimizerConfig(_Strict):
 
 class ClippingConfig(_Strict):
     mode: ClippingMode = "none"
+    """none; value clips each gradient element to [-threshold, threshold] (TF's clip_by_value); norm
+    rescales the whole gradient to a global norm of at most threshold."""
     threshold: float = Field(default=1.0, gt=0.0, le=1e6)
+    """The clipping bound."""
 
 
 class TrainingConfig(_Strict):
     epochs: int = Field(default=20, ge=1, le=1000)
+    """Passes over the training split."""
     batch_size: int = Field(default=50, ge=1, le=65536, description=(
-        "Examples per step; at least 2 when model.batch_norm.enabled" + ACROSS_FIELDS))
+        "Samples per optimizer step; at least 2 when model.batch_norm.enabled" + ACROSS_FIELDS))
     seed: int = Field(default=42, ge=0, le=2**32 - 1)
+    """Seeds the split, the init and the shuffling: same seed, same device, same metrics."""
     max_steps: int | None = Field(default=None, ge=1, le=100_000_000)
+    """Stop after this many optimizer steps, whatever the epochs."""
     log_every_steps: int = Field(default=1, ge=1, le=1_000_000)
-    # act/<layer>/p15|p50|p85 every epoch, and also every this many steps when set.
+    """Record per-step metrics (loss, gradient norms) every this many steps."""
     activation_stats_every_steps: int | None = Field(default=None, ge=1, le=1_000_000)
-    # Time eval-mode prediction at the end of the run (as trained, folded, without BN).
+    """act/<layer>/p15|p50|p85 are recorded every epoch, and also every this many steps."""
     measure_prediction_cost: bool = True
+    """Time eval-mode prediction at the end of the run (as trained, with BN folded, without BN)."""
 
 
 class ResourcesConfig(_Strict):
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:[0-9]{1,2})?)$")] = "auto"
+    """auto, cpu, cuda or cuda:N; routes the job to the gpu or cpu queue (auto:
+    NORMLAB_AUTO_QUEUE)."""
 
 
 class ExperimentConfig(_Strict):
@@ -188,12 +238,20 @@ class ExperimentConfig(_Strict):
     name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[\w .,:+=()/-]+$")] = (
         "experiment"
     )
+    """A label (a preset's name when one is used; "<preset>, modified" when its recipe was
+    changed)."""
     dataset: DatasetConfig = DatasetConfig()
+    """The data and its splits."""
     model: ModelConfig = ModelConfig()
+    """The fully connected network."""
     optimizer: OptimizerConfig = OptimizerConfig()
+    """The optimizer."""
     clipping: ClippingConfig = ClippingConfig()
+    """Gradient clipping."""
     training: TrainingConfig = TrainingConfig()
+    """The training run."""
     resources: ResourcesConfig = ResourcesConfig()
+    """Where it runs."""
 
     @model_validator(mode="after")
     def _batch_norm_needs_batches(self) -> Self:

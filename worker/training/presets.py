@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from worker.training.config import ExperimentConfig
+from worker.training.datasets import OFFLINE_ALTERNATIVE
 
 PRESETS: dict[str, dict[str, Any]] = {
     "geron-bn": {
@@ -69,6 +70,15 @@ PRESET_DESCRIPTIONS: dict[str, str] = {
 }
 
 
+def preset_info(name: str) -> dict[str, Any]:
+    """A preset's name, description, dataset, and whether that dataset is downloaded on first
+    use (and which bundled dataset to use instead offline)."""
+    dataset = build_config({}, name).dataset.name
+    return {"name": name, "description": PRESET_DESCRIPTIONS[name], "dataset": dataset,
+            "needs_download": dataset in OFFLINE_ALTERNATIVE,
+            "offline_dataset": OFFLINE_ALTERNATIVE.get(dataset)}
+
+
 class UnknownPresetError(ValueError):
     def __init__(self, name: str) -> None:
         super().__init__(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
@@ -92,10 +102,24 @@ def preset_dict(name: str) -> dict[str, Any]:
     return copy.deepcopy(PRESETS[name])
 
 
+# What a preset *is*: its network, optimizer and clipping. Its dataset, training length and
+# device may change under its name (geron-bn on digits is still geron-bn).
+RECIPE = ("model", "optimizer", "clipping")
+
+
 def build_config(raw: dict[str, Any], preset: str | None = None) -> ExperimentConfig:
-    """Validate ``raw`` (optionally over a named preset) into a full, normalized config."""
-    base = preset_dict(preset) if preset else {}
-    return ExperimentConfig.model_validate(deep_merge(base, raw))
+    """Validate ``raw`` (optionally over a named preset) into a full, normalized config. When
+    ``raw`` changes the preset's recipe and names nothing, the name says so: "geron-bn, modified"
+    (a run without BN must not pass for geron-bn in a comparison)."""
+    if not preset:
+        return ExperimentConfig.model_validate(raw)
+    base = preset_dict(preset)
+    config = ExperimentConfig.model_validate(deep_merge(base, raw))
+    if "name" not in raw:
+        original = ExperimentConfig.model_validate(base)
+        if any(getattr(config, part) != getattr(original, part) for part in RECIPE):
+            config.name = f"{config.name}, modified"
+    return config
 
 
 def apply_assignments(raw: dict[str, Any], assignments: list[str]) -> dict[str, Any]:

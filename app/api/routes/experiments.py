@@ -162,8 +162,10 @@ def submit_experiment(
         raise HTTPException(409, str(exc)) from exc
     if created:
         # Sent only after the commit: a worker must find the row it is told about.
+        queue = queue_for(config.resources.device, settings)
+        log.info("experiment %s (%s) queued on %s", row.id, row.name, queue)
         try:
-            dispatcher.send(row.id, queue_for(config.resources.device, settings))
+            dispatcher.send(row.id, queue)
         except Exception:  # the row stays queued; the reconciler re-sends it
             log.exception("could not send experiment %s to the broker", row.id)
     response.headers["Location"] = f"/api/v1/experiments/{row.id}"
@@ -217,9 +219,10 @@ def cancel_experiment(experiment_id: uuid.UUID, session: SessionDep,
     """Queued: cancelled at once. Running: `cancelling` until the worker stops (seconds)."""
     load(session, experiment_id, principal)
     try:
-        experiments.request_cancel(session, experiment_id)
+        status = experiments.request_cancel(session, experiment_id)
     except experiments.InvalidTransitionError as exc:
         raise HTTPException(409, str(exc)) from exc
+    log.info("experiment %s %s", experiment_id, status)
     session.expire_all()
     return _one(session, load(session, experiment_id, principal))
 

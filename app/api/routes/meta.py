@@ -15,18 +15,17 @@ from app.api.deps import (
 from app.api.schemas import PresetOut
 from app.db import health
 from worker.training.config import ExperimentConfig
-from worker.training.presets import PRESET_DESCRIPTIONS, PRESETS, build_config
+from worker.training.presets import PRESETS, build_config, preset_info
 
 router = APIRouter(tags=["meta"])
 
 
 @router.get("/presets", response_model=list[PresetOut])
 def list_presets(_: PrincipalDep) -> list[PresetOut]:
-    """Named configs from the seed text and the BN paper; use one with `"preset": name`."""
-    return [
-        PresetOut(name=name, description=PRESET_DESCRIPTIONS[name], config=build_config({}, name))
-        for name in PRESETS
-    ]
+    """Named configs from the seed text and the BN paper; use one with `"preset": name`. Each
+    says its dataset, whether that is downloaded on first use, and the bundled dataset to use
+    offline instead (`{"preset": "geron-bn", "dataset": {"name": "mnist_5k"}}`)."""
+    return [PresetOut(**preset_info(name), config=build_config({}, name)) for name in PRESETS]
 
 
 @router.get("/config/defaults", response_model=ExperimentConfig)

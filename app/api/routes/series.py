@@ -6,14 +6,14 @@ import uuid
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 
 from app.api.deps import PrincipalDep, SessionDep, authorized_session
 from app.api.etag import etag_body, etag_json
 from app.api.routes.experiments import NOT_FOUND, load
-from app.api.routes.metrics import parse_names
+from app.api.routes.metrics import check_names, known_names, parse_names, unknown_names_message
 from app.api.schemas import (
     METRIC_NAME_PATTERN,
     BucketOut,
@@ -26,6 +26,7 @@ from app.api.schemas import (
 from app.db import series
 from app.db.bucketing import Bucket
 from app.db.models import MAX_STEP
+from worker.training.result import TrainSummary
 
 router = APIRouter(tags=["metrics"])
 MetricPath = Annotated[str, Path(pattern=METRIC_NAME_PATTERN, examples=["loss"])]
@@ -56,7 +57,8 @@ async def get_series(
 ) -> Response:
     """At most `points` buckets over the step range, each with first/last/min/max/mean/count and
     `nonfinite_count`. Deterministic; a spike always survives as a bucket's `max`. When the range
-    holds no more than `points` points, each point is its own bucket (`raw: true`)."""
+    holds no more than `points` points, each point is its own bucket (`raw: true`). A name this
+    experiment's config does not record is a 404 that lists the names it does."""
     # One thread hop for the whole request, as for metric pages: dashboards poll this too.
     return await run_in_threadpool(_series, request, experiment_id, name, points, from_step,
                                    to_step)
@@ -68,7 +70,9 @@ def _series(request: Request, experiment_id: uuid.UUID, name: str, points: int,
         if from_step is not None and to_step is not None and from_step > to_step:
             raise RequestValidationError([{"loc": ("query", "from_step"), "type": "value_error",
                                            "msg": "from_step must not exceed to_step"}])
-        load(session, experiment_id, principal)
+        known = known_names(load(session, experiment_id, principal))
+        if name not in known:
+            raise HTTPException(404, unknown_names_message([name], known))
         found = series.step_range(session, experiment_id, name, from_step, to_step,
                                   count_cap=points + 1)
         buckets = series.series(session, experiment_id, name, points=points,
@@ -95,13 +99,37 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_diff(base: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
-    """The dotted fields of ``other`` that differ from ``base`` (with ``other``'s values)."""
+    """The dotted fields of ``other`` that differ from ``base`` (with ``other``'s values); not
+    ``name``, a label rather than a difference."""
     a, b = flatten(base), flatten(other)
-    return {k: b.get(k) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+    return {k: b.get(k) for k in sorted(a.keys() | b.keys())
+            if k != "name" and a.get(k) != b.get(k)}
+
+
+def summary_diff(base: TrainSummary | None, other: TrainSummary | None) -> dict[str, Any]:
+    """``other`` − ``base`` for each numeric summary field that either run has (None where one
+    of them lacks it); empty until both runs have a summary."""
+    if base is None or other is None:
+        return {}
+    diff: dict[str, Any] = {}
+    for field, value in other:
+        first = getattr(base, field)
+        if _is_number(value) or _is_number(first):
+            diff[field] = value - first if _is_number(value) and _is_number(first) else None
+    return diff
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _parse_ids(ids: str) -> list[uuid.UUID]:
-    parts = [p.strip() for p in ids.split(",") if p.strip()]
+    parts = [p.strip() for p in ids.split(",")]
+    if any(not p for p in parts):
+        raise RequestValidationError([{
+            "loc": ("query", "ids"), "type": "value_error",
+            "msg": "ids has an empty entry (a stray comma?): give comma-separated experiment ids",
+        }])
     try:
         parsed = [uuid.UUID(p) for p in parts]
     except ValueError as exc:
@@ -109,10 +137,19 @@ def _parse_ids(ids: str) -> list[uuid.UUID]:
         raise RequestValidationError(
             [{"loc": ("query", "ids"), "type": "uuid_parsing", "msg": msg}]
         ) from exc
+    repeated = sorted({str(i) for i in parsed if parsed.count(i) > 1})
+    if repeated:
+        raise RequestValidationError([{"loc": ("query", "ids"), "type": "value_error",
+                                       "msg": f"ids repeats {', '.join(repeated)}: each "
+                                              "experiment is compared once"}])
     if not 1 <= len(parsed) <= MAX_COMPARED:
         raise RequestValidationError([{"loc": ("query", "ids"), "type": "value_error",
                                        "msg": f"compare 1 to {MAX_COMPARED} experiments"}])
-    return list(dict.fromkeys(parsed))
+    return parsed
+
+
+def _summary(row: Any) -> TrainSummary | None:
+    return TrainSummary.model_validate(row.summary) if row.summary else None
 
 
 @router.get("/compare", response_model=CompareOut, responses=NOT_FOUND)
@@ -125,24 +162,29 @@ def compare(
     names: MetricNames = "loss",
     points: Points = 500,
 ) -> Response:
-    """Bucketed series of several experiments over one shared step axis (same bucket grid), with
-    each experiment's config differences from the first one."""
+    """Bucketed series of several experiments over one shared step axis (same bucket grid); for
+    each experiment its summary (null until it finishes), and against the first one the config
+    fields that differ and the difference of each numeric summary field. A name that none of
+    the experiments' configs records is a 422."""
     experiment_ids = _parse_ids(ids)
     metric_names = parse_names(names) or ["loss"]
     rows = [load(session, experiment_id, principal) for experiment_id in experiment_ids]
+    check_names(metric_names, frozenset().union(*(known_names(r) for r in rows)))
     ranges = [series.step_range(session, r.id, n, count_cap=1) for r in rows for n in metric_names]
     present = [r for r in ranges if r is not None]
     lo = min((r.lo for r in present), default=0)
     hi = max((r.hi for r in present), default=0)
+    summaries = [_summary(row) for row in rows]
     compared = [
         ComparedExperiment(
-            id=row.id, name=row.name, status=row.status,
+            id=row.id, name=row.name, status=row.status, summary=summary,
+            summary_diff=summary_diff(summaries[0], summary),
             config_diff=config_diff(rows[0].config, row.config),
             series={n: [_out(b) for b in series.series(session, row.id, n, points=points,
                                                        raw_if_small=False, lo=lo, hi=hi)]
                     for n in metric_names},
         )
-        for row in rows
+        for row, summary in zip(rows, summaries, strict=True)
     ]
     return etag_json(request, CompareOut(axis=CompareAxis(from_step=lo, to_step=hi, points=points),
                                          experiments=compared))
