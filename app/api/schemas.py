@@ -25,7 +25,9 @@ METRIC_NAMES_PATTERN = (
     rf"^ *{METRIC_NAME} *(?:, *{METRIC_NAME} *){{0,{MAX_METRIC_NAMES - 1}}}$"
 )
 _NAMES_HELP = (f"Comma-separated metric names (1 to {MAX_METRIC_NAMES}), as listed by "
-               "`GET /experiments/{id}/metrics/names`")
+               "`GET /experiments/{id}/metrics/names`. A name that the experiment's config does "
+               "not produce is answered with 422, listing the names it does (a rule that depends "
+               "on the stored config)")
 MetricNames = Annotated[str, Query(max_length=4000, pattern=METRIC_NAMES_PATTERN,
                                    description=_NAMES_HELP, examples=["test_accuracy,grad_norm"])]
 OptionalMetricNames = Annotated[str | None, Query(

@@ -11,9 +11,9 @@ from app.core.config import get_settings
 
 
 def test_worker_banner_only_when_verbose() -> None:
-    quiet = service.worker_argv("cpu", 1, quiet=True)
+    quiet = service.worker_argv("cpu", 1, "w1@%h", quiet=True)
     assert quiet[:4] == ["-A", service.WORKER_APP, "--quiet", "worker"]
-    assert "--quiet" not in service.worker_argv("cpu", 1)
+    assert "--quiet" not in service.worker_argv("cpu", 1, "w1@%h")
 
 
 @pytest.mark.parametrize("verbose", [False, True])

@@ -158,7 +158,8 @@ def compare(
     ids: Annotated[str, Query(
         max_length=800, pattern=IDS_PATTERN,
         description=f"Comma-separated experiment ids (1 to {MAX_COMPARED}), e.g. the `id` "
-                    "answered by `POST /experiments`; an unknown one is answered with 404")],
+                    "answered by `POST /experiments`; an unknown one is answered with 404, a "
+                    "repeated one with 422 (each experiment is compared once)")],
     names: MetricNames = "loss",
     points: Points = 500,
 ) -> Response:
