@@ -93,9 +93,9 @@ def test_polling_while_training_never_misses_or_repeats(distributed: httpx.Clien
         status = distributed.get(path).json()["status"]
         page = distributed.get(f"{path}/metrics", params={"after_step": after, "limit": 37}).json()
         seen += [(p["name"], p["step"]) for p in page["items"]]
-        if page["next_after_step"] is not None:
-            after = page["next_after_step"]
-        elif status in TERMINAL:
+        after = page["next_after_step"]  # sent back unchanged, caught up or not
+        # The status was read before the page: terminal then and nothing new now means done.
+        if not page["items"] and not page["has_more"] and status in TERMINAL:
             break
     assert len(seen) == len(set(seen)), "a point was repeated"
     final = all_points(distributed, experiment["id"])
