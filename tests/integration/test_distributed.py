@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import uuid
@@ -175,6 +176,10 @@ def test_a_worker_serves_its_own_metrics_when_asked(
         names = {f.name for f in text_string_to_metric_families(text_body)}
         assert {"normlab_metric_points_written", "normlab_sink_write_duration_seconds"} <= names
     finally:
+        # SIGTERM to the worker alone, as a service manager sends it (Process.stop signals the
+        # whole group, and a pool child killed by that signal is logged as an ERROR by Celery).
+        worker.proc.send_signal(signal.SIGTERM)
+        worker.proc.wait(HANG_S)
         worker.stop()
     log = (tmp_path / "exporter.log").read_text()
     assert "ERROR" not in log, log[-3000:]
