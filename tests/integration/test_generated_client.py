@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import SMALL, TERMINAL, service_env, start_api
+from tests.waiting import HANG_S
 
 
 def _generate(base: str, out: Path) -> None:
@@ -57,7 +58,7 @@ def _use_only_the_generated_client(base: str) -> None:
     assert isinstance(submitted, models.ExperimentOut), submitted
     experiment_id: uuid.UUID = submitted.id
 
-    deadline = time.monotonic() + 120  # the same bound as tests/integration's wait_status
+    deadline = time.monotonic() + HANG_S  # a hang guard only (tests/waiting.py)
     done = experiments.get_experiment.sync(experiment_id, client=client)
     while done.status not in TERMINAL and time.monotonic() < deadline:
         time.sleep(0.2)

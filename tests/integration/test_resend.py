@@ -27,6 +27,7 @@ from tests.integration.conftest import (
     start_worker,
     wait_status,
 )
+from tests.waiting import HANG_S
 
 TINY: dict[str, Any] = {**SMALL, "model": {"hidden_layers": [8]},
                         "training": {"epochs": 1, "batch_size": 512}}
@@ -78,7 +79,7 @@ def test_a_busy_workers_backlog_is_never_copied_and_runs_once(
                    for _ in range(QUEUED)]
             # Several grace periods pass, measured in reconciler passes, not in seconds.
             most = 0
-            deadline = time.monotonic() + 300
+            deadline = time.monotonic() + HANG_S
             while passes_holding_all(worker) < 3:
                 most = max(most, broker_messages(broker))
                 assert time.monotonic() < deadline, worker.log.read_text()[-3000:]

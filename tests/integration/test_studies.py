@@ -18,6 +18,7 @@ from tests.integration.conftest import (
     start_api,
     start_worker,
 )
+from tests.waiting import HANG_S
 
 TINY = {
     "dataset": {"name": "digits"},
@@ -108,7 +109,7 @@ def test_a_2x2x4_study_end_to_end(stack: httpx.Client) -> None:
 def test_cancel_mid_study_and_a_quota_refusal(stack: httpx.Client) -> None:
     long = {**TINY, "training": {"epochs": 1000, "batch_size": 16}}
     study = stack.post("/api/v1/studies", json=study_spec(1, base=long)).json()
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + HANG_S
     while not member_list(stack, study["id"], status="running"):  # a member is training
         assert time.monotonic() < deadline, "no member started"
         time.sleep(0.3)
