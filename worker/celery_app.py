@@ -62,6 +62,7 @@ def create_celery(settings: Settings) -> Celery:
 
 
 def _in_pool_child(**_: object) -> None:
+    shutdown.install_idle_handlers()
     dispose_after_fork()
     # What the job process inherits (torch, Celery, SQLAlchemy) lives as long as it does: keep it
     # out of the collector's full passes, which the training loop's allocations trigger.

@@ -20,6 +20,16 @@ def _on_signal(_signum: int, _frame: FrameType | None) -> None:
     requested.set()
 
 
+def _on_stop_while_idle(_signum: int, _frame: FrameType | None) -> None:
+    worker_stopping.set()
+
+
+def install_idle_handlers() -> None:
+    """In a pool child as soon as it is forked: the parent's SIGUSR2 (warm shutdown) means
+    "start nothing", not death (an idle child killed by it is logged as an error by Celery)."""
+    signal.signal(signal.SIGUSR2, _on_stop_while_idle)
+
+
 def install_job_handlers() -> None:
     """In the process that trains, when a job starts: SIGTERM/SIGUSR2 → finish cleanly."""
     requested.clear()

@@ -47,3 +47,14 @@ def test_job_handlers_turn_sigterm_into_a_request() -> None:
         signal.signal(signal.SIGTERM, saved[0])
         signal.signal(signal.SIGUSR2, saved[1])
         shutdown.requested.clear()
+
+
+def test_an_idle_pool_child_takes_the_stop_signal_as_start_nothing() -> None:
+    saved = signal.getsignal(signal.SIGUSR2)
+    try:
+        shutdown.install_idle_handlers()
+        os.kill(os.getpid(), signal.SIGUSR2)  # would end the process with the default action
+        assert shutdown.worker_stopping.wait(HANG_S)
+    finally:
+        signal.signal(signal.SIGUSR2, saved)
+        shutdown.worker_stopping.clear()
