@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -33,11 +34,13 @@ class Pass:
     send_failures: int = 0
 
 
-def reconcile_once(settings: Settings, dispatcher: Dispatcher) -> Pass:
+def reconcile_once(settings: Settings, dispatcher: Dispatcher, *,
+                   detect_lost: bool = True) -> Pass:
     with session_scope(settings.database_url) as session:
         sweep = lifecycle.sweep(
             session, heartbeat_timeout_s=settings.heartbeat_timeout_s,
             max_attempts=settings.max_attempts, max_run_s=settings.max_run_s,
+            detect_lost=detect_lost,
         )
         candidates = lifecycle.queued_past_grace(session, queued_grace_s=settings.queued_grace_s)
     result = Pass(sweep, past_grace=len(candidates))
@@ -77,10 +80,29 @@ def _send(settings: Settings, dispatcher: Dispatcher, dispatch: lifecycle.Dispat
 
 
 def run_forever(settings: Settings, dispatcher: Dispatcher, stop: threading.Event) -> None:
+    outage = Outage(settings.heartbeat_timeout_s)
     while not stop.is_set():
         try:
-            reconcile_once(settings, dispatcher)
+            reconcile_once(settings, dispatcher, detect_lost=outage.over())
         except Exception:  # a database or broker outage: try again next round
             log.exception("reconciler pass failed")
+            outage.seen()
         stop.wait(settings.reconcile_interval_s)
+
+
+class Outage:
+    """No heartbeat reaches a database that is down, so silence during an outage says nothing
+    about a worker: after the reconciler's own pass fails, no run is declared lost until a full
+    heartbeat timeout has passed with the database back."""
+
+    def __init__(self, heartbeat_timeout_s: float) -> None:
+        self._timeout_s = heartbeat_timeout_s
+        self._last_failure: float | None = None
+
+    def seen(self) -> None:
+        self._last_failure = time.monotonic()
+
+    def over(self) -> bool:
+        return (self._last_failure is None
+                or time.monotonic() - self._last_failure >= self._timeout_s)
 

@@ -121,17 +121,18 @@ class Sweep:
 
 
 def sweep(session: Session, *, heartbeat_timeout_s: float, max_attempts: int,
-          max_run_s: float) -> Sweep:
-    """One reconciler pass over running experiments: take back those whose worker went silent,
-    fail those over the time limit. Every change is conditional, so concurrent reconcilers are
-    safe. Commits."""
+          max_run_s: float, detect_lost: bool = True) -> Sweep:
+    """One reconciler pass over running experiments: take back those whose worker went silent
+    (unless ``detect_lost`` is false), fail those over the time limit. Every change is
+    conditional, so concurrent reconcilers are safe. Commits."""
     stamp = now()
     result = Sweep(resend=[])
     stale = stamp - timedelta(seconds=heartbeat_timeout_s)
     lost = select(Experiment.id, Experiment.status, Experiment.attempt, Experiment.config).where(
         Experiment.status.in_(("running", "cancelling")), Experiment.heartbeat_at < stale
     )
-    for experiment_id, status, attempt, config in session.execute(lost).all():
+    for experiment_id, status, attempt, config in (session.execute(lost).all() if detect_lost
+                                                   else []):
         base = update(Experiment).where(Experiment.id == experiment_id,
                                         Experiment.status == status,
                                         Experiment.heartbeat_at < stale)

@@ -70,6 +70,15 @@ def test_sweep_requeues_then_fails_after_max_attempts(session: Session) -> None:
     assert status(session, experiment_id) == ("failed", 2, "worker lost (after 2 attempts)")
 
 
+def test_a_sweep_told_not_to_detect_lost_runs_leaves_a_silent_one_running(
+        session: Session) -> None:
+    experiment_id = new(session)
+    assert lifecycle.claim(session, experiment_id, worker="w") is not None
+    age(session, experiment_id, heartbeat_at=120)  # silent, as during a database outage
+    assert lifecycle.sweep(session, **SWEEP, detect_lost=False).requeued == 0
+    assert status(session, experiment_id)[0] == "running"
+
+
 def test_sweep_leaves_fresh_heartbeats_alone(session: Session) -> None:
     experiment_id = new(session)
     assert lifecycle.claim(session, experiment_id, worker="w") is not None

@@ -74,7 +74,9 @@ def stack(postgres_url: str, redis_url: str, tmp_path: Path) -> Iterator[Stack]:
         tmp_path,
         NORMLAB_DATABASE_URL=postgres_url,
         NORMLAB_BROKER_URL=redis_url,
-        NORMLAB_HEARTBEAT_TIMEOUT_S="3",
+        # Long enough that a starved but live job is never taken for lost on a busy machine; the
+        # tests that kill a worker give their rescuer a short one (RESCUER).
+        NORMLAB_HEARTBEAT_TIMEOUT_S="60",
         NORMLAB_RECONCILE_INTERVAL_S="0.5",
         NORMLAB_QUEUED_GRACE_S="2",
     )
@@ -101,12 +103,16 @@ def assert_gapless(client: httpx.Client, experiment: dict[str, Any]) -> None:
     assert evals == list(range(1, epochs + 1))
 
 
+# A worker started after another was killed: its reconciler takes the dead one's run back soon.
+RESCUER = {"NORMLAB_HEARTBEAT_TIMEOUT_S": "3"}
+
+
 def test_sigkill_worker_then_another_resumes(stack: Stack) -> None:
     first = stack.worker("victim")
     experiment_id = stack.submit(LONG)
     stack.wait_epochs(experiment_id, 2)
     first.stop(signal.SIGKILL)  # the whole process group: parent, job and reconciler
-    stack.worker("rescuer")
+    stack.worker("rescuer", **RESCUER)
     done = wait_status(stack.client, experiment_id, TERMINAL)
     assert done["status"] == "succeeded", done
     assert done["attempt"] == 2 and done["worker"].startswith("rescuer@")
@@ -202,6 +208,6 @@ def test_cancel_in_every_state(stack: Stack) -> None:
     assert stack.client.post(f"/api/v1/experiments/{orphan}/cancel").json()["status"] == (
         "cancelling"
     )
-    stack.worker("cleaner")  # its reconciler finds the orphan's heartbeat stale
+    stack.worker("cleaner", **RESCUER)  # its reconciler finds the orphan's heartbeat stale
     done = wait_status(stack.client, orphan, TERMINAL)
     assert done["status"] == "cancelled" and done["attempt"] == 1  # never resumed

@@ -21,7 +21,7 @@ from app.db.session import session_scope
 from app.dispatch import CeleryDispatcher
 from tests.db.ci import required_env
 from worker import gate
-from worker.reconciler import reconcile_once
+from worker.reconciler import Outage, reconcile_once
 
 
 @pytest.fixture(params=["filesystem", "redis"])
@@ -139,3 +139,16 @@ def test_unreadable_messages_count_as_none(tmp_path: Path) -> None:
     (folder / "1_x.cpu.msg").write_text("{not json")
     (folder / "2_y.cpu.msg").write_text('{"headers": {"task": "other"}, "body": "W10="}')
     assert backlog.in_folder(folder, ("cpu",), "normlab.run_experiment") == set()
+
+
+def test_after_an_outage_no_run_is_lost_until_a_heartbeat_timeout_has_passed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr("worker.reconciler.time.monotonic", lambda: clock[0])
+    outage = Outage(heartbeat_timeout_s=60)
+    assert outage.over()  # never saw one
+    outage.seen()  # the reconciler's own pass failed: the database is down
+    clock[0] += 59
+    assert not outage.over()
+    clock[0] += 1
+    assert outage.over()
