@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import text
 
 from app.core.config import Settings
-from app.db import experiments, rollups, series
+from app.db import experiments, series
+from app.db.metric_store import postgres_rollups as rollups
 from app.db.migrate import upgrade
 from app.db.session import engine_for, session_scope
 from app.dispatch import Dispatcher
@@ -103,7 +104,7 @@ def fill(url: str, n: int, others: int = 0) -> uuid.UUID:
                 "infinity": n - 1,
             },
         )
-        # The series blocks, as the worker's write path keeps them (app.db.rollups).
+        # The series blocks, as the worker's write path keeps them (metric_store.postgres_rollups).
         with connection.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
             rollups.rebuild(cursor, experiment_id, 0)
     with engine_for(url).connect() as connection:

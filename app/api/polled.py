@@ -30,7 +30,6 @@ from typing import Any, cast
 import psycopg
 from fastapi import Request
 from sqlalchemy import Connection
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from app.api import deps, headers
@@ -40,7 +39,7 @@ from app.core.config import Settings
 from app.db import keys, polling
 from app.db.keys import Principal
 from app.db.models import Experiment
-from app.db.session import engine_for
+from app.db.session import backend, engine_for
 
 log = logging.getLogger(__name__)
 CACHE_SIZE = 4096  # cached representations per process (about 2 KB each)
@@ -63,8 +62,8 @@ class Poller:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.connection: Connection | None = None  # SQLite, or a driver other than psycopg
-        self.asynchronous = make_url(settings.database_url).drivername == "postgresql+psycopg"
+        self.connection: Connection | None = None  # SQLite
+        self.asynchronous = backend(settings.database_url) == "postgres"
         self.loop_connection = LoopConnection(settings.database_url)
         self.coalescer: Coalescer[list[Any]] = Coalescer()
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -1,10 +1,11 @@
 """Buckets of a metric series computed with numpy from the raw points.
 
-The same buckets as the SQL shapes in ``app.db.series`` (``bucket = (step - lo) * n // span``;
-per bucket: step bounds, first/last finite value, finite min/max/mean, count, non-finite
-count). On Postgres a range of up to ``series.SCAN_MAX_SPAN`` steps is fetched as one packed
-binary value and bucketed here: the database then only scans the index, which costs about a
-third of aggregating 20,000 points in SQL (see docs/benchmarks.md).
+The same buckets as the SQL shapes of the metric stores (``app.db.metric_store``: ``bucket =
+(step - lo) * n // span``; per bucket: step bounds, first/last finite value, finite
+min/max/mean, count, non-finite count). On Postgres a range of up to
+``postgres_buckets.SCAN_MAX_SPAN`` steps is fetched as one packed binary value and bucketed
+here: the database then only scans the index, which costs about a third of aggregating 20,000
+points in SQL (see docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db.models import Experiment, ExperimentTag, MetricPoint, MetricRollup
+from app.db.models import Experiment, ExperimentTag
+from app.db.session import metric_store
 
 ACTIVE = ("queued", "running", "cancelling")
 FINISHED = ("succeeded", "diverged", "failed", "cancelled")
@@ -206,7 +207,6 @@ def delete_finished(session: Session, experiment_id: uuid.UUID) -> None:
         current = session.scalar(select(Experiment.status).where(Experiment.id == experiment_id))
         session.rollback()
         raise InvalidTransitionError(current or "missing", "delete")
-    session.execute(delete(MetricPoint).where(MetricPoint.experiment_id == experiment_id))
-    session.execute(delete(MetricRollup).where(MetricRollup.experiment_id == experiment_id))
+    metric_store(session).delete(session, [experiment_id])
     session.execute(delete(ExperimentTag).where(ExperimentTag.experiment_id == experiment_id))
     session.commit()

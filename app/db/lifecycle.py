@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.db import rollups
 from app.db.experiments import now
-from app.db.models import Experiment, MetricPoint
-from app.db.session import driver_cursor, uses_psycopg
+from app.db.models import Experiment
+from app.db.session import metric_store
 
 
 @dataclass(frozen=True)
@@ -97,11 +96,7 @@ def hand_back(session: Session, lease: Lease) -> str | None:
 
 def delete_points_after(session: Session, experiment_id: uuid.UUID, step: int) -> None:
     """Drop points a previous attempt wrote after its last checkpoint (they will be redone)."""
-    session.execute(delete(MetricPoint).where(MetricPoint.experiment_id == experiment_id,
-                                              MetricPoint.step > step))
-    if uses_psycopg(session):  # the series blocks past that step, as the points now are
-        with driver_cursor(session) as cursor:
-            rollups.rebuild(cursor, experiment_id, step + 1)
+    metric_store(session).delete_after(session, experiment_id, step)
 
 
 class Dispatch(NamedTuple):

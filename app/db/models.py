@@ -125,8 +125,9 @@ class MetricPoint(Base):
 
 
 class MetricRollup(Base):
-    """A block of ``block_size`` aligned steps of one metric, summarized (app.db.rollups): long
-    series are bucketed from these. Kept by the Postgres write path; unused on SQLite."""
+    """A block of ``block_size`` aligned steps of one metric, summarized
+    (``app.db.metric_store.postgres_rollups``): long series are bucketed from these. Kept by
+    the Postgres write path; unused on SQLite."""
 
     __tablename__ = "metric_rollups"
 

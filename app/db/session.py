@@ -1,26 +1,56 @@
-"""Engine and sessions. SQLite gets WAL and a busy timeout: the API and a worker share the file."""
+"""Engine and sessions, and the one place that tells the backends apart: an engine's URL picks
+its metric store (``app.db.metric_store``) when the engine is created. SQLite gets WAL and a
+busy timeout: the API and a worker share the file."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from app.db.metric_store.interface import MetricStore
+from app.db.metric_store.portable import PortableMetricStore
+from app.db.metric_store.postgres import PostgresMetricStore
+
+Backend = Literal["sqlite", "postgres"]
+
+
+def backend(url: str) -> Backend:
+    """The backend a database URL names. Postgres means psycopg 3 (a dependency): the metric
+    store and the polling fast path talk to that driver directly."""
+    driver = make_url(url).drivername
+    if driver == "sqlite" or driver.startswith("sqlite+"):
+        return "sqlite"
+    if driver == "postgresql+psycopg":
+        return "postgres"
+    raise ValueError(f"unsupported database URL scheme {driver!r}: use sqlite:///PATH or "
+                     "postgresql+psycopg://…")
+
+
+_STORES: weakref.WeakKeyDictionary[Engine, MetricStore] = weakref.WeakKeyDictionary()
 
 
 def make_engine(url: str) -> Engine:
+    kind = backend(url)
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if url.startswith("sqlite"):
+    if kind == "sqlite":
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
     else:
         kwargs.update(pool_size=10, max_overflow=20)
     engine = create_engine(url, **kwargs)
-    if url.startswith("sqlite"):
+    if kind == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    _STORES[engine] = PostgresMetricStore() if kind == "postgres" else PortableMetricStore()
     return engine
+
+
+def metric_store(session: Session) -> MetricStore:
+    """The metric store of the session's engine (chosen in ``make_engine``)."""
+    return _STORES[session.get_bind().engine]
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -67,29 +97,3 @@ def dispose_after_fork() -> None:
     """Forget connections inherited from the parent process: they must never be shared."""
     for engine in _ENGINES.values():
         engine.dispose(close=False)
-
-
-def uses_psycopg(session: Session) -> bool:
-    """Postgres through psycopg 3: the hot paths then talk to the driver directly."""
-    dialect = session.get_bind().dialect
-    return dialect.name == "postgresql" and dialect.driver == "psycopg"
-
-
-@contextmanager
-def driver_cursor(session: Session, *, binary: bool = False) -> Iterator[Any]:
-    """A psycopg cursor inside the session's transaction, for the paths where SQLAlchemy's
-    statement and row handling cost more than the query (COPY, large pages, packed series).
-    Driver errors come out as SQLAlchemy's (a disconnect also invalidates the pooled
-    connection), as the API's 503 handling and the worker's retries expect."""
-    connection = session.connection()
-    driver = connection.connection.driver_connection
-    dialect = session.get_bind().dialect
-    try:
-        with driver.cursor(binary=binary) as cursor:  # type: ignore[union-attr]
-            yield cursor
-    except dialect.loaded_dbapi.Error as exc:
-        invalidated = dialect.is_disconnect(exc, driver, None)
-        if invalidated:
-            connection.invalidate(exc)
-        raise DBAPIError.instance(None, None, exc, dialect.loaded_dbapi.Error,
-                                  connection_invalidated=invalidated) from exc

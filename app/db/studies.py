@@ -16,7 +16,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db.experiments import ACTIVE, FINISHED, IdempotencyConflictError, decode_cursor, now
-from app.db.models import FINITE, Experiment, ExperimentTag, MetricPoint, MetricRollup, Study
+from app.db.models import FINITE, Experiment, ExperimentTag, MetricPoint, Study
+from app.db.session import metric_store
 
 
 class StudyActiveError(Exception):
@@ -253,8 +254,7 @@ def delete_finished(session: Session, study_id: uuid.UUID) -> list[uuid.UUID]:
         Experiment.study_id == study_id, Experiment.status.in_(FINISHED))))
     for chunk in range(0, len(ids), 500):
         part = ids[chunk:chunk + 500]
-        session.execute(delete(MetricPoint).where(MetricPoint.experiment_id.in_(part)))
-        session.execute(delete(MetricRollup).where(MetricRollup.experiment_id.in_(part)))
+        metric_store(session).delete(session, part)
         session.execute(delete(ExperimentTag).where(ExperimentTag.experiment_id.in_(part)))
         session.execute(delete(Experiment).where(Experiment.id.in_(part)))
     session.execute(delete(Study).where(Study.id == study_id))

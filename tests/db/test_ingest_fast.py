@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from app.api.routes.metrics import page_json
 from app.api.schemas import MetricPage, MetricPointOut
 from app.db import experiments, metrics
+from app.db.metric_store.postgres import PostgresMetricStore
 from app.db.models import MetricPoint as MetricRow
 from worker.training.result import MetricPoint
 
@@ -45,13 +46,14 @@ def count(session: Session, experiment_id: uuid.UUID) -> int:
 
 def test_postgres_goes_through_copy(session: Session, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    original = metrics._copy_points
+    original = PostgresMetricStore.write
 
-    def spy(session: Session, experiment_id: uuid.UUID, rows: list[metrics.Row]) -> None:
+    def spy(self: PostgresMetricStore, session: Session, experiment_id: uuid.UUID,
+            rows: list[metrics.Row]) -> None:
         calls.append(len(rows))
-        original(session, experiment_id, rows)
+        original(self, session, experiment_id, rows)
 
-    monkeypatch.setattr(metrics, "_copy_points", spy)
+    monkeypatch.setattr(PostgresMetricStore, "write", spy)
     experiment_id = new_experiment(session)
     metrics.insert_points(session, experiment_id, [MetricPoint("loss", 1, 1, 0.5, 1.0)])
     session.commit()

@@ -1,6 +1,6 @@
-"""app.db.rollups on Postgres: the stored blocks always equal blocks recomputed from the points,
-whatever path wrote or deleted them (appends, retried and overlapping batches, a batch naming a
-point twice, a resumed run's deletion, deleting the experiment)."""
+"""app.db.metric_store.postgres_rollups: the stored blocks always equal blocks recomputed from
+the points, whatever path wrote or deleted them (appends, retried and overlapping batches, a
+batch naming a point twice, a resumed run's deletion, deleting the experiment)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from app.db import experiments, lifecycle, metrics, rollups
+from app.db import experiments, lifecycle, metrics
+from app.db.metric_store import postgres_rollups as rollups
 from app.db.models import MAX_STEP
 from app.db.session import session_factory
 from tests.database import truncate_all

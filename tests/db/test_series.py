@@ -1,4 +1,4 @@
-"""app.db.series on SQLite and Postgres, against a brute-force Python reference.
+"""app.db.series (both metric stores) on SQLite and Postgres, against a Python reference.
 
 Random series with non-contiguous steps, planted finite spikes (up and down) and NaN/±inf: the
 SQL buckets must have the reference's boundaries, counts, finite extremes and first/last finite
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy.orm import Session
 
-from app.db import experiments, metrics, rollups, series
+from app.db import experiments, metrics, series
+from app.db.metric_store import postgres_buckets, postgres_rollups
 from app.db.series import Bucket
 from worker.training.result import MetricPoint
 
@@ -168,12 +169,12 @@ def test_long_step_ranges_match_the_reference(
 ) -> None:
     """A few thousand points over millions of steps (steps far apart). Postgres picks its query
     by the range's width; ``SCAN_MAX_SPAN = 0`` forces the long-range ones for every width,
-    and the block size (``app.db.rollups``: None means per-bucket LATERAL probes) is forced too,
+    and the block size (``postgres_rollups``: None means per-bucket LATERAL probes) is forced too,
     so each query shape meets the reference on the same data."""
     if shape != "default":
-        monkeypatch.setattr(series, "SCAN_MAX_SPAN", 0, raising=False)
+        monkeypatch.setattr(postgres_buckets, "SCAN_MAX_SPAN", 0)
         size = int(shape.split("-")[1]) if shape.startswith("blocks") else None
-        monkeypatch.setattr(rollups, "block_size_for", lambda span, n: size)
+        monkeypatch.setattr(postgres_rollups, "block_size_for", lambda span, n: size)
     check_against_reference(session, 7, 3_000, spread=997)
     check_against_reference(session, 8, N + 1)
     check_against_reference(session, 9, 2_000, spread=3)  # dense: whole blocks in buckets

@@ -8,8 +8,8 @@ over 1,000,000 steps, about 16,000 blocks and 64,000 points. The buckets are exa
 ones (tests/db/test_series.py compares every path with one reference); only a mean may differ in
 the last bits, as sums are added in another order.
 
-Postgres through psycopg only (``app.db.metrics``'s COPY path maintains them); SQLite's series
-are small and are bucketed from points. Every write of points keeps the blocks true:
+Postgres only: the Postgres metric store (``postgres``) maintains and reads them; SQLite's
+series are small and are bucketed from points. Every write of points keeps the blocks true:
 
 - a batch appended past the experiment's last step (the COPY path) merges its own summary into
   the blocks it touches (``merge``): exact, since every point in it is new;
@@ -157,10 +157,10 @@ def block_size_for(span: int, n: int) -> int | None:
     return size if cost < span / 4 else None
 
 
-# Each bucket [a, b) of the grid (a = lo + ceil(i·span/n), as in app.db.series) is cut at the
-# block boundaries inside it: [a, ba) and [bb, b) are read as points, [ba, bb) as whole blocks.
-# Then the parts of a bucket are combined: counts and sums add up, extremes take the extreme,
-# first/last finite value come from the smallest/largest [step, value] pair.
+# Each bucket [a, b) of the grid (a = lo + ceil(i·span/n), as in postgres_buckets.lateral) is
+# cut at the block boundaries inside it: [a, ba) and [bb, b) are read as points, [ba, bb) as
+# whole blocks. Then the parts of a bucket are combined: counts and sums add up, extremes take
+# the extreme, first/last finite value come from the smallest/largest [step, value] pair.
 _PART = f"""
     min(step) AS step_start, max(step) AS step_end, count(*) AS count, count(value) AS finite,
     min(value) AS vmin, max(value) AS vmax, sum(value) AS vsum,

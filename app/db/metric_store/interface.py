@@ -1,0 +1,81 @@
+"""The metric store's interface and the records it hands out."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+from sqlalchemy.orm import Session
+
+from app.db.bucketing import Bucket
+
+# A point as stored: (name, step, epoch, value, kind, wall_time); ``value`` is None unless
+# ``kind`` is FINITE (app.db.models).
+Row = tuple[str, int, int, float | None, int, float]
+
+
+class RowPage(NamedTuple):
+    """A page of stored rows, and whether points past its last step exist already."""
+
+    rows: list[Row]
+    has_more: bool
+
+
+@dataclass(frozen=True)
+class NameSummary:
+    name: str
+    count: int
+    last_step: int
+
+
+@dataclass(frozen=True)
+class StepRange:
+    count: int
+    lo: int
+    hi: int
+
+
+class UnknownExperimentError(LookupError):
+    """Points were sent for an experiment that does not exist (or no longer does)."""
+
+
+class MetricStore(Protocol):
+    """Every read and write of metric points, inside the caller's session (its transaction).
+
+    Implementations give the same answers; they differ only in how fast. Buckets follow
+    ``bucket = (step - lo) * n // span`` over [lo, hi] (``app.db.bucketing``)."""
+
+    def write(self, session: Session, experiment_id: uuid.UUID, rows: list[Row]) -> None:
+        """Store a batch. The experiment's row is locked first (writers of one experiment take
+        turns); no such experiment: ``UnknownExperimentError``, nothing written. A point already
+        stored, or named twice in the batch, keeps its first value."""
+
+    def page(self, session: Session, experiment_id: uuid.UUID, *, after_step: int,
+             names: Sequence[str] | None, limit: int) -> RowPage:
+        """Points with step > after_step in (step, name) order, at most ``limit`` of them but
+        never a step cut in two (a step holding more than ``limit`` comes whole)."""
+
+    def names(self, session: Session, experiment_id: uuid.UUID) -> list[NameSummary]:
+        """Every metric of the experiment, by name: how many points and its last step."""
+
+    def step_range(self, session: Session, experiment_id: uuid.UUID, name: str,
+                   from_step: int | None, to_step: int | None,
+                   count_cap: int | None) -> StepRange | None:
+        """First and last step of one metric in the range, and its point count counted no
+        further than ``count_cap``; None when the range holds no point."""
+
+    def raw_buckets(self, session: Session, experiment_id: uuid.UUID, name: str, lo: int,
+                    hi: int, n: int) -> list[Bucket]:
+        """Every point in [lo, hi] as its own bucket."""
+
+    def bucketed(self, session: Session, experiment_id: uuid.UUID, name: str, lo: int, hi: int,
+                 n: int) -> list[Bucket]:
+        """At most ``n`` buckets over [lo, hi]."""
+
+    def delete_after(self, session: Session, experiment_id: uuid.UUID, step: int) -> None:
+        """Drop the experiment's points past ``step`` (a resumed run redoes them)."""
+
+    def delete(self, session: Session, experiment_ids: Sequence[uuid.UUID]) -> None:
+        """Drop everything stored for these experiments."""
