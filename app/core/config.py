@@ -78,6 +78,19 @@ class Settings(BaseSettings):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: str) -> str:
+        # psycopg 3 is the one Postgres driver NormLab ships (its metric store speaks to it
+        # directly): a bare postgresql:// URL means it rather than SQLAlchemy's psycopg2 default.
+        scheme, sep, rest = value.partition("://")
+        if scheme in ("postgres", "postgresql"):
+            return f"postgresql+psycopg{sep}{rest}"
+        if scheme == "postgresql+psycopg" or scheme == "sqlite" or scheme.startswith("sqlite+"):
+            return value
+        raise ValueError(f"unsupported database URL scheme {scheme!r}: use sqlite:///PATH or "
+                         "postgresql://USER@HOST:PORT/DB")
+
     @model_validator(mode="after")
     def _artifacts_under_data_dir(self) -> Self:
         if "artifacts_dir" not in self.model_fields_set:

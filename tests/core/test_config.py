@@ -25,3 +25,18 @@ def test_artifacts_dir_is_overridable(monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.setenv("NORMLAB_ARTIFACTS_DIR", str(tmp_path / "elsewhere"))
     assert Settings(data_dir=tmp_path / "data").artifacts_dir == tmp_path / "elsewhere"
     assert Settings(artifacts_dir=tmp_path / "flag").artifacts_dir == tmp_path / "flag"
+
+
+def test_a_plain_postgres_url_means_the_driver_normlab_ships() -> None:
+    url = "postgresql://postgres@127.0.0.1:5432/normlab"
+    expected = "postgresql+psycopg://postgres@127.0.0.1:5432/normlab"
+    assert Settings(database_url=url).database_url == expected
+    assert Settings(database_url="postgres://h/db").database_url == "postgresql+psycopg://h/db"
+    assert Settings(database_url="sqlite:///x.db").is_sqlite
+
+
+def test_an_unsupported_database_url_is_refused_by_name() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="unsupported database URL scheme 'mysql'"):
+        Settings(database_url="mysql://h/db")
