@@ -75,7 +75,7 @@ def mlflow_nonfinite(mlflow: Mlflow, points: list[tuple[str, int, float]],
         outcome = "accepted"
     except httpx.HTTPStatusError as exc:
         outcome = f"HTTP {exc.response.status_code}"
-    stored = {int(m.get("step", 0)): float(m["value"]) for m in mlflow.history(run, "odd")}
+    stored = {int(m.get("step", 0)): float(m["value"]) for m in mlflow.history(run, points[0][0])}
     bad = sum(not (s in stored and same(v, stored[s])) for _, s, v in points)
     form = "strings" if strings else "bare tokens"
     return (f"  MLflow, {form} ({outcome}): stored {len(stored)} points "

@@ -181,13 +181,13 @@ class Normlab:
 
 
 def nonfinite(mlflow: Mlflow, normlab: Normlab) -> list[str]:
-    points = [("odd", step, v) for step, v in enumerate(ODD)]
+    points = [("loss", step, v) for step, v in enumerate(ODD)]  # a name runs emit
     lines = [f"sent {len(points)} points (steps 0-{len(points) - 1}) with NaN, Infinity and "
              "-Infinity among them, to each in one batch:",
              mlflow_nonfinite(mlflow, points, strings=False),
              mlflow_nonfinite(mlflow, points, strings=True)]
     experiment_id, _ = normlab.ingest(points)
-    back = {p["step"]: float(p["value"]) for p in normlab.walk(experiment_id, "odd")}
+    back = {p["step"]: float(p["value"]) for p in normlab.walk(experiment_id, "loss")}
     lost = sum(not (s in back and same(v, back[s])) for _, s, v in points)
     return [*lines, f"  NormLab (metric sink, read back through the API): stored {len(back)} "
                     f"points {sorted(back.items())}; {lost} of {len(points)} lost or changed"]
