@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 
 import pytest
@@ -12,6 +13,7 @@ from app.db import experiments, lifecycle, metrics
 from app.db.lifecycle import Lease
 from app.db.session import session_scope
 from tests.waiting import wait_until
+from worker import metric_writer
 from worker.dbretry import DatabaseOutageError, with_retry
 from worker.sink import MetricSink
 from worker.training.result import MetricPoint
@@ -46,6 +48,40 @@ def test_everything_put_is_written_once(settings: Settings) -> None:
     assert sorted(stored(settings, lease.experiment_id)) == sorted(
         (p.name, p.step) for p in points(range(1, 501))
     )
+
+
+def odd_values() -> list[MetricPoint]:
+    values = [0.1 + 0.2, -0.0, 5e-324, 1.7976931348623157e308, math.nan, math.inf, -math.inf]
+    return [MetricPoint(f"m/{k}", k + 1, 1 + k // 3, v, 1.7e9 + k / 7)
+            for k, v in enumerate(values)]
+
+
+def same(a: MetricPoint, b: MetricPoint) -> bool:
+    """Equal field by field, NaN equal to NaN, and bit for bit for floats."""
+    return (a.name, a.step, a.epoch) == (b.name, b.step, b.epoch) and all(
+        math.copysign(1, x) == math.copysign(1, y) and (x == y or (math.isnan(x) and math.isnan(y)))
+        for x, y in ((a.value, b.value), (a.wall_time, b.wall_time))
+    )
+
+
+def test_the_pipe_encoding_keeps_every_point_as_it_was() -> None:
+    sent = odd_values() + points(range(1, 4))
+    received = metric_writer.decode(metric_writer.encode(sent))
+    assert len(received) == len(sent)
+    assert all(type(p) is MetricPoint and same(p, q) for p, q in zip(received, sent, strict=True))
+
+
+def test_stored_values_and_wall_times_equal_the_engines(settings: Settings) -> None:
+    lease = claimed(settings)
+    sink = MetricSink(settings.database_url, lease, flush_every_s=0.01)
+    sent = [p for p in odd_values() if p.value != 0]  # (SQLite stores -0.0 as 0.0)
+    sink.put(sent)
+    sink.close()
+    with session_scope(settings.database_url) as session:
+        page, _ = metrics.read_page(session, lease.experiment_id, limit=100)
+    got = sorted((MetricPoint(p.name, p.step, p.epoch, p.value, p.wall_time) for p in page),
+                 key=lambda p: p.step)
+    assert len(got) == len(sent) and all(same(p, q) for p, q in zip(got, sent, strict=True))
 
 
 def test_cancel_request_reaches_should_stop(settings: Settings) -> None:
