@@ -144,3 +144,38 @@ def test_an_unreachable_database_fails_the_sink_after_the_limit(settings: Settin
     sink.put(points(range(1, 3)))
     sink.close()
     assert sink.error is not None and "unreachable" in sink.error and sink.should_stop()
+
+
+def test_a_staged_checkpoint_is_published_once_its_points_are_written(settings: Settings) -> None:
+    lease = claimed(settings)
+    final = settings.artifacts_dir / "c.safetensors"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    sink = MetricSink(settings.database_url, lease, flush_every_s=0.01)
+    staging = sink.staged(final)
+    sink.put(points(range(1, 101)))
+    sink.before_checkpoint()  # nothing staged yet: returns without waiting
+    staging.write_text("epoch 1")
+    sink.put(points(range(101, 201)))
+    sink.before_checkpoint()  # publishes epoch 1, whose 200 points are stored by then
+    assert final.read_text() == "epoch 1" and not staging.exists()
+    assert len(stored(settings, lease.experiment_id)) >= 200
+    staging.write_text("epoch 2")
+    sink.close()  # writes the rest, then publishes epoch 2
+    assert final.read_text() == "epoch 2" and not staging.exists()
+    assert len(stored(settings, lease.experiment_id)) == 400
+
+
+def test_a_staged_checkpoint_ahead_of_unwritten_points_is_discarded(settings: Settings) -> None:
+    lease = claimed(settings)
+    final = settings.artifacts_dir / "c.safetensors"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    final.write_text("older")
+    sink = MetricSink("postgresql+psycopg://nobody@127.0.0.1:1/none", lease,
+                      flush_every_s=0.01, outage_limit_s=0.5)
+    staging = sink.staged(final)
+    sink.put(points(range(1, 3)))
+    sink.before_checkpoint()
+    staging.write_text("ahead of the database")
+    sink.close()
+    assert sink.error is not None
+    assert final.read_text() == "older" and not staging.exists()
