@@ -8,7 +8,8 @@ Batches are written in arrival order, one transaction each, so readers always se
 While the database is unreachable the writer retries with backoff; past ``outage_limit_s`` it
 gives up and the experiment fails with that reason. Points not yet written are bounded (past
 ``max_buffered_points`` the training thread waits). A lost lease (another worker took over)
-stops training at once.
+stops training at once. Checkpoints are staged and published by the sink once their points are
+written (``staged``), so an epoch end never waits for the database.
 
 In the training process two threads remain: one pickles pending points into the pipe (as
 columns, ``metric_writer.encode``: ≈ 0.4 µs a point), one reads the writer's replies (one per
