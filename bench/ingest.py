@@ -89,7 +89,8 @@ def main() -> None:
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--names", type=int, default=6)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="Runs per side (--tracking-cost: alternating pairs per case)")
     parser.add_argument("--tracking-cost", action="store_true",
                         help="What tracking costs the engine (bench/tracking.py), then exit")
     args = parser.parse_args()
@@ -97,9 +98,8 @@ def main() -> None:
     if args.tracking_cost:
         from bench.tracking import tracking_cost
 
-        for name, cli, worker in tracking_cost(args.database_url, args.repeats):
-            print(f"{name}: step span `normlab train` {cli:.2f} s, worker {worker:.2f} s "
-                  f"(medians of {args.repeats}): tracking costs {(worker / cli - 1) * 100:+.1f}%")
+        for cost in tracking_cost(args.database_url, args.repeats):
+            print(cost.report())
         return
     config = build_config(
         {

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ def cli_span(config: ExperimentConfig, folder: Path) -> float:
     subprocess.run([sys.executable, "-m", "app.cli.main", "train", str(path), "--out", str(out)],
                    check=True, capture_output=True, cwd=ROOT)
     walls = [p["wall_time"] for p in json.loads(out.read_text())["metrics"] if p["name"] == "loss"]
-    return max(walls) - min(walls)
+    return float(max(walls) - min(walls))
 
 
 class Worker:
@@ -111,20 +112,50 @@ class Worker:
         self.log.close()
 
 
-def tracking_cost(database_url: str, repeats: int = 3) -> list[tuple[str, float, float]]:
-    """(case, CLI median span, worker median span) for each case, runs alternating."""
+@dataclass
+class Cost:
+    """One case's alternating runs: step spans (s) and the 1-minute load average after each pair."""
+
+    case: str
+    cli: list[float]
+    worker: list[float]
+    load: list[float]
+
+    @property
+    def pairs(self) -> list[float]:
+        """Each pair's worker / CLI − 1: the spread says how far to trust the medians."""
+        return [w / c - 1 for c, w in zip(self.cli, self.worker, strict=True)]
+
+    def report(self) -> str:
+        cli, work = statistics.median(self.cli), statistics.median(self.worker)
+        pairs = ", ".join(f"{r:+.1%}" for r in self.pairs)
+        return (f"{self.case}: step span `normlab train` {cli:.2f} s, worker {work:.2f} s "
+                f"(medians of {len(self.cli)}): tracking costs {work / cli - 1:+.1%}; "
+                f"pairs {pairs} (median {statistics.median(self.pairs):+.1%}); "
+                f"load average {min(self.load):.1f}-{max(self.load):.1f} on {os.cpu_count()} CPUs")
+
+
+def tracking_cost(database_url: str, repeats: int = 3) -> list[Cost]:
+    """Each case trained ``repeats`` times by each side, alternating (so drift hits both alike)."""
     results = []
     with tempfile.TemporaryDirectory(prefix="normlab-bench-") as tmp:
         worker = Worker(database_url, Path(tmp))
         try:
             for name, case in CASES.items():
                 config = config_of(case)
-                cli, work = [], []
-                for _ in range(repeats):  # alternate, so drift hits both sides alike
-                    cli.append(cli_span(config, Path(tmp)))
-                    work.append(worker.span(config))
-                    print(f"  {name}: cli {cli[-1]:.2f} s, worker {work[-1]:.2f} s", flush=True)
-                results.append((name, statistics.median(cli), statistics.median(work)))
+                cost = Cost(name, [], [], [])
+                for i in range(repeats):
+                    # Which side goes first alternates too: a load swing favours neither.
+                    if i % 2:
+                        cost.worker.append(worker.span(config))
+                        cost.cli.append(cli_span(config, Path(tmp)))
+                    else:
+                        cost.cli.append(cli_span(config, Path(tmp)))
+                        cost.worker.append(worker.span(config))
+                    cost.load.append(os.getloadavg()[0])
+                    print(f"  {name}: cli {cost.cli[-1]:.2f} s, worker {cost.worker[-1]:.2f} s "
+                          f"({cost.pairs[-1]:+.1%}), load {cost.load[-1]:.1f}", flush=True)
+                results.append(cost)
         finally:
             worker.stop()
     return results

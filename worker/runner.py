@@ -70,9 +70,10 @@ def execute(experiment_id: uuid.UUID, *, settings: Settings, worker_name: str,
     try:
         device = resolve_device(config.resources.device, settings.worker_device)
         db("record device", lambda s: lifecycle.set_device(s, lease, str(device)))
+        # Checkpoints are staged, and published by the sink once their points are written.
         result = run_job(config, on_metrics=sink.put, should_stop=should_stop,
-                         checkpoint_path=checkpoint, resume_from=resume,
-                         before_checkpoint=sink.wait_written, device_override=str(device),
+                         checkpoint_path=sink.staged(checkpoint), resume_from=resume,
+                         before_checkpoint=sink.before_checkpoint, device_override=str(device),
                          data_dir=settings.data_dir, flush_every_s=settings.metric_flush_s)
         status = result.status
         summary = result.summary.model_dump(mode="json")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 
 import pytest
@@ -12,6 +13,7 @@ from app.db import experiments, lifecycle, metrics
 from app.db.lifecycle import Lease
 from app.db.session import session_scope
 from tests.waiting import wait_until
+from worker import metric_writer
 from worker.dbretry import DatabaseOutageError, with_retry
 from worker.sink import MetricSink
 from worker.training.result import MetricPoint
@@ -46,6 +48,40 @@ def test_everything_put_is_written_once(settings: Settings) -> None:
     assert sorted(stored(settings, lease.experiment_id)) == sorted(
         (p.name, p.step) for p in points(range(1, 501))
     )
+
+
+def odd_values() -> list[MetricPoint]:
+    values = [0.1 + 0.2, -0.0, 5e-324, 1.7976931348623157e308, math.nan, math.inf, -math.inf]
+    return [MetricPoint(f"m/{k}", k + 1, 1 + k // 3, v, 1.7e9 + k / 7)
+            for k, v in enumerate(values)]
+
+
+def same(a: MetricPoint, b: MetricPoint) -> bool:
+    """Equal field by field, NaN equal to NaN, and bit for bit for floats."""
+    return (a.name, a.step, a.epoch) == (b.name, b.step, b.epoch) and all(
+        math.copysign(1, x) == math.copysign(1, y) and (x == y or (math.isnan(x) and math.isnan(y)))
+        for x, y in ((a.value, b.value), (a.wall_time, b.wall_time))
+    )
+
+
+def test_the_pipe_encoding_keeps_every_point_as_it_was() -> None:
+    sent = odd_values() + points(range(1, 4))
+    received = metric_writer.decode(metric_writer.encode(sent))
+    assert len(received) == len(sent)
+    assert all(type(p) is MetricPoint and same(p, q) for p, q in zip(received, sent, strict=True))
+
+
+def test_stored_values_and_wall_times_equal_the_engines(settings: Settings) -> None:
+    lease = claimed(settings)
+    sink = MetricSink(settings.database_url, lease, flush_every_s=0.01)
+    sent = [p for p in odd_values() if p.value != 0]  # (SQLite stores -0.0 as 0.0)
+    sink.put(sent)
+    sink.close()
+    with session_scope(settings.database_url) as session:
+        page, _ = metrics.read_page(session, lease.experiment_id, limit=100)
+    got = sorted((MetricPoint(p.name, p.step, p.epoch, p.value, p.wall_time) for p in page),
+                 key=lambda p: p.step)
+    assert len(got) == len(sent) and all(same(p, q) for p, q in zip(got, sent, strict=True))
 
 
 def test_cancel_request_reaches_should_stop(settings: Settings) -> None:
@@ -108,3 +144,38 @@ def test_an_unreachable_database_fails_the_sink_after_the_limit(settings: Settin
     sink.put(points(range(1, 3)))
     sink.close()
     assert sink.error is not None and "unreachable" in sink.error and sink.should_stop()
+
+
+def test_a_staged_checkpoint_is_published_once_its_points_are_written(settings: Settings) -> None:
+    lease = claimed(settings)
+    final = settings.artifacts_dir / "c.safetensors"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    sink = MetricSink(settings.database_url, lease, flush_every_s=0.01)
+    staging = sink.staged(final)
+    sink.put(points(range(1, 101)))
+    sink.before_checkpoint()  # nothing staged yet: returns without waiting
+    staging.write_text("epoch 1")
+    sink.put(points(range(101, 201)))
+    sink.before_checkpoint()  # publishes epoch 1, whose 200 points are stored by then
+    assert final.read_text() == "epoch 1" and not staging.exists()
+    assert len(stored(settings, lease.experiment_id)) >= 200
+    staging.write_text("epoch 2")
+    sink.close()  # writes the rest, then publishes epoch 2
+    assert final.read_text() == "epoch 2" and not staging.exists()
+    assert len(stored(settings, lease.experiment_id)) == 400
+
+
+def test_a_staged_checkpoint_ahead_of_unwritten_points_is_discarded(settings: Settings) -> None:
+    lease = claimed(settings)
+    final = settings.artifacts_dir / "c.safetensors"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    final.write_text("older")
+    sink = MetricSink("postgresql+psycopg://nobody@127.0.0.1:1/none", lease,
+                      flush_every_s=0.01, outage_limit_s=0.5)
+    staging = sink.staged(final)
+    sink.put(points(range(1, 3)))
+    sink.before_checkpoint()
+    staging.write_text("ahead of the database")
+    sink.close()
+    assert sink.error is not None
+    assert final.read_text() == "older" and not staging.exists()
