@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from app.core.config import Settings
 from app.db import lifecycle
 from app.dispatch import Dispatcher, plan_groups, send_job
-from worker.runner import Attempt, Database, begin, claim, conclude, run_claimed, stopping
+from worker.runner import Attempt, Database, begin, claim, conclude, stopping, train_alone
 from worker.training.device import resolve_device
 from worker.training.fusion import fusion_key
 from worker.training.group_job import GroupMember, run_group_job
@@ -38,22 +38,23 @@ def execute_group(experiment_ids: Sequence[uuid.UUID], *, settings: Settings, wo
     if stopping(f"group {[str(i) for i in experiment_ids]}"):
         return "skipped"
     db = Database(settings)
-    leases = [lease for experiment_id in experiment_ids
-              if (lease := claim(db, experiment_id, worker_name)) is not None]
-    if not leases:
-        return "skipped"
-    if len(leases) == 1:  # the others were gone: this one takes the solo path
-        return run_claimed(db, settings, leases[0], dispatcher)
-    log.info("%s training a fused group of %d (of %d sent)", worker_name, len(leases),
-             len(experiment_ids))
     attempts: list[Attempt] = []
     try:
-        for lease in leases:
-            attempts.append(begin(db, settings, lease))
+        for experiment_id in experiment_ids:
+            # Begun right after its claim: its sink heart-beats before the next member's claim.
+            lease = claim(db, experiment_id, worker_name)
+            if lease is not None:
+                attempts.append(begin(db, settings, lease))
     except BaseException:
         for started in attempts:
             started.sink.close()
         raise
+    if not attempts:
+        return "skipped"
+    if len(attempts) == 1:  # the others were gone: this one takes the solo path
+        return train_alone(db, settings, attempts[0], dispatcher)
+    log.info("%s training a fused group of %d (of %d sent)", worker_name, len(attempts),
+             len(experiment_ids))
     outcomes: list[str] = []
     for part in _parts(attempts):
         outcomes += _train(db, settings, part)

@@ -150,9 +150,13 @@ def execute(experiment_id: uuid.UUID, *, settings: Settings, worker_name: str,
 
 def run_claimed(db: Database, settings: Settings, lease: Lease,
                 dispatcher: Callable[[], Dispatcher]) -> str:
-    """Train one claimed experiment on its own (the solo path)."""
-    attempt = begin(db, settings, lease)
-    config, sink = attempt.config, attempt.sink
+    return train_alone(db, settings, begin(db, settings, lease), dispatcher)
+
+
+def train_alone(db: Database, settings: Settings, attempt: Attempt,
+                dispatcher: Callable[[], Dispatcher]) -> str:
+    """Train one begun experiment on its own (the solo path)."""
+    lease, config, sink = attempt.lease, attempt.config, attempt.sink
     status, summary, error = "failed", None, None
     try:
         device = resolve_device(config.resources.device, settings.worker_device)

@@ -30,8 +30,8 @@ def spec(name: str, lrs: list[float], base: dict[str, Any] = BASE) -> dict[str, 
 
 
 @pytest.fixture(autouse=True)
-def _empty(postgres_url: str) -> None:
-    truncate_all(postgres_url)  # quotas count what earlier tests left queued
+def _empty(stack: Stack, postgres_url: str) -> None:
+    truncate_all(postgres_url)  # (migrated by the stack) quotas count what others left queued
 
 
 def submit_study(stack: Stack, body: dict[str, Any]) -> list[str]:

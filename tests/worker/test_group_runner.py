@@ -110,7 +110,7 @@ def test_cancelling_one_member_leaves_the_others_running(settings: Settings) -> 
 
 
 def test_shutdown_hands_the_group_back_and_it_resumes_together(settings: Settings) -> None:
-    bodies = [member(lr, epochs=40, batch_size=8) for lr in (0.05, 0.1)]
+    bodies = [member(lr, epochs=12, batch_size=8) for lr in (0.05, 0.1)]
     ids = [create(settings, b) for b in bodies]
     dispatcher = FakeDispatcher()
 
@@ -129,7 +129,7 @@ def test_shutdown_hands_the_group_back_and_it_resumes_together(settings: Setting
     assert run_group(settings, reference) == "2 succeeded"
     for resumed, whole in zip(ids, reference, strict=True):
         done = row(settings, resumed)
-        assert done.attempt == 2 and done.summary["epochs_completed"] == 40
+        assert done.attempt == 2 and done.summary["epochs_completed"] == 12
         assert loss_steps(settings, resumed) == list(range(1, done.summary["steps"] + 1))
         assert losses(settings, resumed) == pytest.approx(losses(settings, whole), rel=1e-4)
 
