@@ -13,7 +13,12 @@ import pytest
 
 from tests.database import truncate_all
 from tests.integration.conftest import TERMINAL, all_points, get_json, wait_status
-from tests.integration.test_faults import Stack, assert_gapless, stack  # noqa: F401  (fixture)
+from tests.integration.test_faults import (  # noqa: F401  (stack: the fixture)
+    RESCUER,
+    Stack,
+    assert_gapless,
+    stack,
+)
 
 # Small enough for a loaded 2-core machine, long enough to interrupt after a checkpoint.
 BASE: dict[str, Any] = {
@@ -59,7 +64,7 @@ def test_sigkill_mid_group_resumes_every_member_gapless(stack: Stack) -> None:
         stack.wait_epochs(experiment_id, 2)
     assert "a fused group of 3" in victim.log.read_text()
     victim.stop(signal.SIGKILL)  # the whole process group: parent, job, writers, reconciler
-    rescuer = stack.worker("rescuer")
+    rescuer = stack.worker("rescuer", **RESCUER)
     done = finished(stack, ids)
     for member in done:
         assert member["status"] == "succeeded", member
