@@ -6,6 +6,7 @@ broker's own data, so the reconciler re-sends exactly what the broker lost (docs
   ``unacked_index`` sorted set. A delivered message counts as waiting only for ``delivered_s``
   (``NORMLAB_CLAIM_WINDOW_S``): a live worker claims its experiment within seconds; one that died
   first left it there (Redis would hand it out again only after the visibility timeout, hours).
+- A fused group's message (``normlab.run_group``) carries a list of ids: each counts as held.
 - The embedded filesystem queue: one file per message in the messages folder, removed when a
   worker takes it.
 
@@ -20,6 +21,7 @@ import binascii
 import json
 import time
 import uuid
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -31,27 +33,29 @@ _PRIORITY_STEPS = (3, 6, 9)
 _UNACKED, _UNACKED_INDEX = "unacked", "unacked_index"
 
 
-def experiment_of(raw: bytes | str, task_name: str) -> uuid.UUID | None:
-    """The experiment id a serialized Celery message (protocol 2, JSON) carries, if any."""
+def experiments_of(raw: bytes | str, tasks: Collection[str]) -> list[uuid.UUID]:
+    """The experiment ids a serialized Celery message (protocol 2, JSON) of one of ``tasks``
+    carries: one for a single experiment's job, several for a fused group's."""
     try:
-        return _experiment_in(json.loads(raw), task_name)
+        return _experiments_in(json.loads(raw), tasks)
     except ValueError:
-        return None
+        return []
 
 
-def _experiment_in(message: Any, task_name: str) -> uuid.UUID | None:
+def _experiments_in(message: Any, tasks: Collection[str]) -> list[uuid.UUID]:
     try:
-        if message["headers"]["task"] != task_name:
-            return None
+        if message["headers"]["task"] not in tasks:
+            return []
         body: str | bytes = message["body"]
         if message.get("properties", {}).get("body_encoding") == "base64":
             body = base64.b64decode(body)
-        return uuid.UUID(json.loads(body)[0][0])
-    except (ValueError, KeyError, IndexError, TypeError, binascii.Error):
-        return None
+        first = json.loads(body)[0][0]
+        return [uuid.UUID(i) for i in (first if isinstance(first, list) else [first])]
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, binascii.Error):
+        return []
 
 
-def in_redis(url: str, queues: tuple[str, ...], task_name: str,
+def in_redis(url: str, queues: tuple[str, ...], tasks: Collection[str],
              delivered_s: float) -> set[uuid.UUID]:
     client = redis.Redis.from_url(url, socket_timeout=10)
     try:
@@ -62,21 +66,20 @@ def in_redis(url: str, queues: tuple[str, ...], task_name: str,
             pipe.lrange(name, 0, -1)
         pipe.zrangebyscore(_UNACKED_INDEX, time.time() - delivered_s, "+inf")
         *lists, recent = pipe.execute()
-        found = {experiment_of(item, task_name) for items in lists for item in items}
+        found = {i for items in lists for item in items for i in experiments_of(item, tasks)}
         for entry in client.hmget(_UNACKED, recent) if recent else []:
             if entry is None:
                 continue
             try:  # an unacked entry is [message, exchange, routing key]
-                found.add(_experiment_in(json.loads(entry)[0], task_name))
+                found.update(_experiments_in(json.loads(entry)[0], tasks))
             except (ValueError, TypeError, IndexError):
                 continue
     finally:
         client.close()
-    found.discard(None)
-    return {experiment_id for experiment_id in found if experiment_id is not None}
+    return found
 
 
-def in_folder(folder: Path, queues: tuple[str, ...], task_name: str) -> set[uuid.UUID]:
+def in_folder(folder: Path, queues: tuple[str, ...], tasks: Collection[str]) -> set[uuid.UUID]:
     suffixes = tuple(f".{q}.msg" for q in queues)
     found: set[uuid.UUID] = set()
     for path in folder.iterdir():
@@ -86,7 +89,5 @@ def in_folder(folder: Path, queues: tuple[str, ...], task_name: str) -> set[uuid
             raw = path.read_bytes()
         except OSError:  # taken by a worker meanwhile
             continue
-        experiment_id = experiment_of(raw, task_name)
-        if experiment_id is not None:
-            found.add(experiment_id)
+        found.update(experiments_of(raw, tasks))
     return found

@@ -25,6 +25,7 @@ from worker import shutdown
 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 
 TASK_NAME = "normlab.run_experiment"
+GROUP_TASK_NAME = "normlab.run_group"  # a fused group: its members' ids (worker.group_runner)
 
 
 def create_celery(settings: Settings) -> Celery:

@@ -5,7 +5,8 @@ machine). The check is one primary-key read; the child's conditional claim stays
 decides, so a gate that lets a stale message through (the database unreachable) costs only time.
 
 Celery lets a task choose its *strategy*, the parent's handler of each received message; this
-one wraps Celery's default strategy.
+one wraps Celery's default strategy. A fused group's message (a list of ids) passes while any
+of its members is still queued; the group job drops the others at claim time.
 """
 
 from __future__ import annotations
@@ -19,16 +20,18 @@ from typing import Any
 from celery.worker.strategy import default
 
 from app.core.config import get_settings
-from app.db import experiments
+from app.db import experiments, groups
 from app.db.session import session_scope
 
 log = logging.getLogger(__name__)
 
 
-def _experiment_of(message: Any) -> uuid.UUID | None:
+def _experiment_of(message: Any) -> uuid.UUID | list[uuid.UUID] | None:
     try:
-        args = message.decode()[0]  # protocol 2: [args, kwargs, embed]
-        return uuid.UUID(str(args[0]))
+        first = message.decode()[0][0]  # protocol 2: [args, kwargs, embed]
+        if isinstance(first, list):  # a fused group
+            return [uuid.UUID(str(i)) for i in first]
+        return uuid.UUID(str(first))
     except Exception:  # anything unexpected is for the task itself to refuse
         return None
 
@@ -47,6 +50,20 @@ def stale_status(database_url: str, experiment_id: uuid.UUID) -> str | None:
     return None if status == "queued" else status
 
 
+def stale_group(database_url: str, experiment_ids: list[uuid.UUID]) -> str | None:
+    """A group's message is stale when none of its members is queued any more."""
+    try:
+        with session_scope(database_url) as session:
+            found = groups.statuses(session, experiment_ids)
+    except Exception:
+        log.warning("gate: no status for group %s; the job decides", experiment_ids,
+                    exc_info=True)
+        return None
+    if "queued" in found.values():
+        return None
+    return "no member queued"
+
+
 def strategy(task: Any, app: Any, consumer: Any, **options: Any) -> Callable[..., Any]:
     handle: Callable[..., Any] = default(task, app, consumer, **options)
     hostname, errors = consumer.hostname, consumer.connection_errors
@@ -56,7 +73,10 @@ def strategy(task: Any, app: Any, consumer: Any, **options: Any) -> Callable[...
                    **kwargs: Any) -> Any:
         started = time.perf_counter()
         experiment_id = _experiment_of(message)
-        status = stale_status(database_url, experiment_id) if experiment_id else None
+        if isinstance(experiment_id, list):
+            status = stale_group(database_url, experiment_id)
+        else:
+            status = stale_status(database_url, experiment_id) if experiment_id else None
         if status is None:
             return handle(message, body, ack, reject, callbacks, **kwargs)
         ack(log, errors)

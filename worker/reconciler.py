@@ -5,6 +5,10 @@ anywhere, many times over: every change it makes is a conditional update.
 The re-send rule (docs/reliability.md): an experiment queued past the grace period is sent
 again only if the broker holds no message for it (``app.backlog``). One waiting behind busy
 workers keeps its single message, however long it waits.
+
+What one pass re-sends goes out in fused groups where fusable (``app.dispatch.plan_groups``):
+the members of a group whose worker died stop heart-beating together, are taken back in the
+same pass, and so resume together as a group from their checkpoints (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass, field
 from app.core.config import Settings
 from app.db import lifecycle
 from app.db.session import session_scope
-from app.dispatch import Dispatcher, queue_for
+from app.dispatch import Dispatcher, plan_groups, send_job
 
 log = logging.getLogger(__name__)
 
@@ -55,28 +59,34 @@ def reconcile_once(settings: Settings, dispatcher: Dispatcher, *,
                                                     queued_grace_s=settings.queued_grace_s)
         log.info("reconciler: %d queued past the grace period, %d with a message in the broker, "
                  "re-sending %d", result.past_grace, result.in_broker, len(result.resent))
-    for dispatch in sweep.resend:
-        result.send_failures += _send(settings, dispatcher, dispatch, "its worker was lost")
-    for dispatch in result.resent:
-        result.send_failures += _send(settings, dispatcher, dispatch, "no message in the broker")
+    result.send_failures += _send(settings, dispatcher, sweep.resend, "its worker was lost")
+    result.send_failures += _send(settings, dispatcher, result.resent,
+                                  "no message in the broker")
     if sweep.requeued or sweep.failed or sweep.cancelled:
         log.info("reconciler: requeued %d, failed %d, cancelled %d",
                  sweep.requeued, sweep.failed, sweep.cancelled)
     return result
 
 
-def _send(settings: Settings, dispatcher: Dispatcher, dispatch: lifecycle.Dispatch,
+def _send(settings: Settings, dispatcher: Dispatcher, dispatches: list[lifecycle.Dispatch],
           reason: str) -> int:
-    """Send one; a failure is logged and left for a later pass (it stays queued)."""
-    experiment_id: uuid.UUID = dispatch.experiment_id
-    try:
-        dispatcher.send(experiment_id, queue_for(dispatch.device, settings))
-    except Exception:
-        log.exception("reconciler: could not re-send %s", experiment_id)
-        return 1
-    log.info("reconciler: re-sent %s (dispatch %d): %s", experiment_id, dispatch.dispatch_count,
-             reason)
-    return 0
+    """Send them, grouped; a failure is logged and left for a later pass (they stay queued).
+    Returns how many experiments could not be sent."""
+    counts = {d.experiment_id: d.dispatch_count for d in dispatches}
+    failures = 0
+    for job in plan_groups(settings, [(d.experiment_id, d.config) for d in dispatches]):
+        ids: list[uuid.UUID] = job[1]
+        try:
+            send_job(dispatcher, job)
+        except Exception:
+            log.exception("reconciler: could not re-send %s", [str(i) for i in ids])
+            failures += len(ids)
+            continue
+        grouped = f" (in a fused group of {len(ids)})" if len(ids) > 1 else ""
+        for experiment_id in ids:
+            log.info("reconciler: re-sent %s (dispatch %d): %s%s", experiment_id,
+                     counts[experiment_id], reason, grouped)
+    return failures
 
 
 def run_forever(settings: Settings, dispatcher: Dispatcher, stop: threading.Event) -> None:

@@ -7,7 +7,8 @@ import uuid
 from app.core.config import get_settings
 from app.dispatch import CeleryDispatcher
 from worker import exporter, verbosity  # noqa: F401  (the optional /metrics endpoint; quiet logs)
-from worker.celery_app import TASK_NAME, create_celery
+from worker.celery_app import GROUP_TASK_NAME, TASK_NAME, create_celery
+from worker.group_runner import execute_group
 from worker.runner import execute
 
 celery_app = create_celery(get_settings())
@@ -26,11 +27,21 @@ def _preload() -> None:
 _preload()
 
 
+def _hostname(task: object) -> str:
+    return getattr(getattr(task, "request", None), "hostname", None) or "worker"
+
+
 def _run_experiment(self: object, experiment_id: str) -> str:
     settings = get_settings()
-    hostname = getattr(getattr(self, "request", None), "hostname", None) or "worker"
-    return execute(uuid.UUID(experiment_id), settings=settings, worker_name=hostname,
+    return execute(uuid.UUID(experiment_id), settings=settings, worker_name=_hostname(self),
                    dispatcher=lambda: CeleryDispatcher(settings))
+
+
+def _run_group(self: object, experiment_ids: list[str]) -> str:
+    settings = get_settings()
+    return execute_group([uuid.UUID(i) for i in experiment_ids], settings=settings,
+                         worker_name=_hostname(self),
+                         dispatcher=lambda: CeleryDispatcher(settings))
 
 
 # Registered by a call, not a decorator: Celery is unannotated, and its decorator would make the
@@ -39,3 +50,6 @@ def _run_experiment(self: object, experiment_id: str) -> str:
 # forked for them.
 run_experiment = celery_app.task(name=TASK_NAME, bind=True,
                                  Strategy="worker.gate:strategy")(_run_experiment)
+# A fused group of experiments (worker.group_runner): the ids of its members.
+run_group = celery_app.task(name=GROUP_TASK_NAME, bind=True,
+                            Strategy="worker.gate:strategy")(_run_group)

@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     # on one CPU machine should split the cores rather than oversubscribe them.
     torch_threads: int | None = Field(None, ge=1, le=256)
     metric_flush_s: float = Field(1.0, gt=0, le=60)
+    # Fused training: a study's fusable members go to a worker in groups of at most this many,
+    # trained as one stacked network (1: every member alone). Unset: 8 on the cpu queue, 32 on
+    # the gpu queue (docs/benchmarks.md, "Fused training").
+    fuse_max: int | None = Field(None, ge=1, le=256)
     # Redis redelivers an unacknowledged job after this long; claims make redelivery harmless.
     visibility_timeout_s: int = Field(6 * 3600, ge=1)
     # How often a Redis worker sweeps for unacknowledged messages to redeliver (None: kombu's
@@ -108,6 +112,12 @@ class Settings(BaseSettings):
     @property
     def queue_dir(self) -> Path:
         return self.data_dir / "queue"
+
+    def fuse_max_for(self, queue: str) -> int:
+        """The group size for a queue: the setting, or the default measured for its device."""
+        if self.fuse_max is not None:
+            return self.fuse_max
+        return 32 if queue == "gpu" else 8
 
     def checkpoint_path(self, experiment_id: object) -> Path:
         return self.artifacts_dir / "checkpoints" / f"{experiment_id}.safetensors"

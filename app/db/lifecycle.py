@@ -105,6 +105,7 @@ class Dispatch(NamedTuple):
     experiment_id: uuid.UUID
     device: str
     dispatch_count: int
+    config: dict[str, Any] = {}  # noqa: RUF012  (the stored config: re-sends group by it)
 
 
 @dataclass
@@ -146,7 +147,8 @@ def sweep(session: Session, *, heartbeat_timeout_s: float, max_attempts: int,
             ).scalar()
             if requeued is not None:
                 result.requeued += 1
-                result.resend.append(Dispatch(experiment_id, _device(config), int(requeued)))
+                result.resend.append(Dispatch(experiment_id, _device(config), int(requeued),
+                                             config))
     too_long = stamp - timedelta(seconds=max_run_s)
     result.failed += _apply(
         session,
@@ -182,7 +184,8 @@ def count_resends(session: Session, experiment_ids: list[uuid.UUID], *,
         .returning(Experiment.id, Experiment.config, Experiment.dispatch_count)
     ).all()
     session.commit()
-    return [Dispatch(row.id, _device(row.config), int(row.dispatch_count)) for row in rows]
+    return [Dispatch(row.id, _device(row.config), int(row.dispatch_count), row.config)
+            for row in rows]
 
 
 def _device(config: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from app.core.config import Settings
 from app.db import experiments, series, studies
 from app.db.studies import MemberRecord, NewMember, StudyRecord
-from app.dispatch import Dispatcher, queue_for
+from app.dispatch import Dispatcher, plan_groups, send_job
 from app.studies import curves as curve_math
 from app.studies.grid import GridError, cells, expand
 from app.studies.results import Outcome, Pairs, document, outcome
@@ -75,18 +75,22 @@ def check_quota(session: Session, settings: Settings, owner: str, n_members: int
 
 
 def dispatch_members(dispatcher: Dispatcher, settings: Settings,
-                     members: Sequence[tuple[uuid.UUID, str]]) -> int:
-    """Send a study's members to the broker, one message each, after the commit. The one place
-    members are dispatched (fused training will send groups here). On a broker error the rest
-    stay queued and the reconciler sends them. Returns how many were sent."""
-    for sent, (member_id, device) in enumerate(members):
+                     members: Sequence[tuple[uuid.UUID, dict[str, Any]]]) -> int:
+    """Send a study's members (id, config) to the broker after the commit: fusable members in
+    fused groups of at most ``fuse_max`` (one message each, ``app.dispatch.plan_groups``), the
+    rest one message each. The one place members are dispatched. On a broker error the rest
+    stay queued and the reconciler sends them. Returns how many members were sent."""
+    jobs = plan_groups(settings, members)
+    sent = 0
+    for job in jobs:
         try:
-            dispatcher.send(member_id, queue_for(device, settings))
+            send_job(dispatcher, job)
         except Exception:
-            log.exception("could not send study member %s (and %d more) to the broker",
-                          member_id, len(members) - sent - 1)
+            log.exception("could not send study members %s (and %d more) to the broker",
+                          [str(i) for i in job[1]], len(members) - sent - len(job[1]))
             return sent
-    return len(members)
+        sent += len(job[1])
+    return sent
 
 
 def outcomes(session: Session, spec: StudySpec, members: list[MemberRecord]) -> list[Outcome]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +27,7 @@ class FakeDispatcher:
 
     def __init__(self) -> None:
         self.sent: list[tuple[uuid.UUID, str]] = []
+        self.groups: list[list[uuid.UUID]] = []  # fused groups, each also counted in ``sent``
         self.ping_error: Exception | None = None
         self.send_error: Exception | None = None
 
@@ -34,6 +35,12 @@ class FakeDispatcher:
         if self.send_error is not None:
             raise self.send_error
         self.sent.append((experiment_id, queue))
+
+    def send_group(self, experiment_ids: Sequence[uuid.UUID], queue: str) -> None:
+        if self.send_error is not None:
+            raise self.send_error
+        self.groups.append(list(experiment_ids))
+        self.sent += [(experiment_id, queue) for experiment_id in experiment_ids]
 
     def ping(self) -> None:
         if self.ping_error is not None:

@@ -138,7 +138,7 @@ def test_unreadable_messages_count_as_none(tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "1_x.cpu.msg").write_text("{not json")
     (folder / "2_y.cpu.msg").write_text('{"headers": {"task": "other"}, "body": "W10="}')
-    assert backlog.in_folder(folder, ("cpu",), "normlab.run_experiment") == set()
+    assert backlog.in_folder(folder, ("cpu",), ("normlab.run_experiment",)) == set()
 
 
 def test_after_an_outage_no_run_is_lost_until_a_heartbeat_timeout_has_passed(

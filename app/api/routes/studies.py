@@ -107,7 +107,7 @@ def submit_study(
         # the answer: 512 broker messages need not delay the 202. Members whose message never
         # goes out stay queued, and the reconciler sends them.
         background.add_task(service.dispatch_members, dispatcher, settings, [
-            (i, str(m.config["resources"]["device"])) for i, m in zip(ids, members, strict=True)
+            (i, m.config) for i, m in zip(ids, members, strict=True)
         ])
     response.headers["Location"] = f"/api/v1/studies/{record.id}"
     return to_out(record, studies.progress(session, record.id))
