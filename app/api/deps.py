@@ -144,22 +144,28 @@ class StudyAccess:
             return record
 
 
-async def get_caller(request: Request) -> Caller:
+def _caller(request: Request) -> Caller:
     return Caller(request.app.state.settings, request.headers.get("authorization"))
+
+
+# Each is one level of dependency, not a chain through ``get_caller``: FastAPI's dependency
+# resolution costs about as much per level as the polling fast path's own work.
+async def get_caller(request: Request) -> Caller:
+    return _caller(request)
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
-async def experiment_access(experiment_id: uuid.UUID, caller: CallerDep) -> ExperimentAccess:
-    return ExperimentAccess(caller, experiment_id)
+async def experiment_access(experiment_id: uuid.UUID, request: Request) -> ExperimentAccess:
+    return ExperimentAccess(_caller(request), experiment_id)
 
 
 ExperimentDep = Annotated[ExperimentAccess, Depends(experiment_access)]
 
 
-async def study_access(study_id: uuid.UUID, caller: CallerDep) -> StudyAccess:
-    return StudyAccess(caller, study_id)
+async def study_access(study_id: uuid.UUID, request: Request) -> StudyAccess:
+    return StudyAccess(_caller(request), study_id)
 
 
 StudyDep = Annotated[StudyAccess, Depends(study_access)]
