@@ -1,7 +1,7 @@
 """The hot polling path: ``GET /experiments/{id}`` answered in the event loop with one query.
 
 Dashboards poll one experiment many times a second. The general path costs a session, four
-queries (a pool ping, the auth check, the row, its tags) and five thread hops per request. Here
+queries (a pool ping, the auth check, the row, its tags) and a thread hop per request. Here
 one statement returns the experiment, its tags and (when a key is sent, or keys may exist) the
 caller's key, on a connection this app keeps for its event loop (autocommit: no transaction
 round trips; only ever used from the loop, so never shared between threads). On Postgres it is
@@ -13,49 +13,39 @@ from the current row, never a stale copy.
 
 Anything unusual (no such row, a missing or bad key, another owner's experiment, a database
 error) returns None, and the caller takes the general path, which produces the 401/404/503.
+Both paths decide who is calling with the same function (``app.api.auth.authorize``) and build
+the answer from the same record (``app.db.records.ExperimentRecord``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
 import weakref
 from collections import OrderedDict
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 from fastapi import Request
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
-from app.api import deps, headers
+from app.api.auth import KEYS_SEEN, UnauthorizedError, authorize, key_digest
 from app.api.coalescing import Coalescer
+from app.api.deps import Caller, visible
 from app.api.etag import etag_of
+from app.api.schemas import ExperimentOut
 from app.core.config import Settings
 from app.db import keys, polling
-from app.db.keys import Principal
-from app.db.models import Experiment
+from app.db.records import ExperimentRecord
 from app.db.session import backend, engine_for
 
 log = logging.getLogger(__name__)
 CACHE_SIZE = 4096  # cached representations per process (about 2 KB each)
 BACKOFF_S = 1.0  # after a database error, the general path only, for this long
-
-class _Row:
-    """Quacks like ``models.Experiment`` for ``to_out``."""
-
-    def __init__(self, experiment_id: uuid.UUID, values: tuple[Any, ...]) -> None:
-        self.id = experiment_id
-        (self.name, self.status, config, self.created_at, self.started_at, self.finished_at,
-         self.device, self.worker, self.attempt, self.error, summary, self.study_id,
-         self.study_cell, self.study_seed, self.dispatch_count) = values
-        self.config = json.loads(config)
-        self.summary = json.loads(summary) if summary is not None else None
-
 
 class Poller:
     """One per app: the loop's connection and the representation cache."""
@@ -71,17 +61,20 @@ class Poller:
         self.cache: OrderedDict[uuid.UUID, tuple[tuple[Any, ...], bytes, str]] = OrderedDict()
         self.down_until = 0.0
 
-    async def read(self, request: Request, experiment_id: uuid.UUID) -> tuple[bytes, str] | None:
+    async def read(self, caller: Caller, experiment_id: uuid.UUID) -> tuple[bytes, str] | None:
         if time.monotonic() < self.down_until:
             return None
-        token = _bearer(request.headers.get("authorization"))
-        auth_known_on = (self.settings.auth == "required"
-                         or self.settings.database_url in deps._keys_exist)
-        if auth_known_on and token is None:
+        header = caller.authorization
+        try:  # the caller's key row comes with the experiment: find it by the key's id
+            digest = key_digest(header) if header else None
+        except UnauthorizedError:
+            digest = None  # the general path answers with the 401
+        auth_known_on = KEYS_SEEN.known_on(self.settings)
+        if auth_known_on and digest is None:
             return None
-        key_id, digest = _key_id(token) if token is not None else (None, None)
         try:
-            rows = await self._query(experiment_id, key_id, probe_keys=not auth_known_on)
+            rows = await self._query(experiment_id, digest[:12] if digest else None,
+                                     probe_keys=not auth_known_on)
         except (DBAPIError, psycopg.Error) as exc:
             log.warning("polling fast path off for %.0f s: %s", BACKOFF_S,
                         str(exc).splitlines()[0])
@@ -92,21 +85,16 @@ class Poller:
         if not rows:
             return None
         first = rows[0]
-        owner, keys_exist = first.owner, first.keys_exist
-        if keys_exist:
-            deps._keys_exist.add(self.settings.database_url)  # as the general path would
-        if auth_known_on or keys_exist:
-            if digest is None or first.key_hash is None:
-                return None
-            principal = keys.principal_of(digest, first.key_hash, first.key_owner,
-                                          first.key_admin, first.key_revoked_at)
-        else:
-            principal = Principal(owner="local", admin=True)
-        if principal is None or not (principal.admin or principal.owner == owner):
+        auth_on = auth_known_on or KEYS_SEEN.found(self.settings, bool(first.keys_exist))
+        try:  # the key row is already here: the lookup only checks it
+            principal = authorize(header, auth_on=auth_on, lookup=lambda sent: keys.principal_of(
+                sent, first.key_hash, first.key_owner, first.key_admin, first.key_revoked_at))
+        except UnauthorizedError:
+            return None
+        if not visible(first.owner, principal):
             return None
         tags = [r.tag for r in rows if r.tag is not None]
-        values = tuple(first[: polling.N_EXPERIMENT_COLUMNS])
-        return self._representation(experiment_id, values, tags)
+        return self._representation(experiment_id, polling.record_values(first), tags)
 
     async def _query(self, experiment_id: uuid.UUID, key_id: str | None,
                      probe_keys: bool) -> list[Any]:
@@ -138,15 +126,13 @@ class Poller:
 
     def _representation(self, experiment_id: uuid.UUID, values: tuple[Any, ...],
                         tags: list[str]) -> tuple[bytes, str]:
-        from app.api.routes.experiments import to_out
-
         key = (*values, *tags)
         cached = self.cache.get(experiment_id)
         if cached is not None and cached[0] == key:
             self.cache.move_to_end(experiment_id)
             return cached[1], cached[2]
-        row = cast(Experiment, _Row(experiment_id, values))
-        body = to_out(row, tags).model_dump_json().encode()
+        record = ExperimentRecord.from_values(values)
+        body = ExperimentOut.of(record, tags).model_dump_json().encode()
         tag = etag_of(body)
         self.cache[experiment_id] = (key, body, tag)
         self.cache.move_to_end(experiment_id)
@@ -214,17 +200,3 @@ def poller(request: Request) -> Poller:
     if found is None:
         found = request.app.state.poller = Poller(request.app.state.settings)
     return found
-
-
-def _bearer(header: str | None) -> str | None:
-    if not header:
-        return None
-    try:
-        return headers.bearer_token(header)
-    except headers.MalformedAuthorizationError:
-        return None  # the general path answers with the 401
-
-
-def _key_id(token: str) -> tuple[str | None, str | None]:
-    digest = keys.digest(token)
-    return (digest[:12], digest) if digest is not None else (None, None)

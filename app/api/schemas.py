@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.db.records import ExperimentRecord
 from worker.training.config import ExperimentConfig
 from worker.training.presets import PRESETS
 from worker.training.result import JsonFloat, TrainSummary
@@ -78,6 +79,20 @@ class ExperimentOut(BaseModel):
     error: str | None
     summary: TrainSummary | None
     study: StudyMembership | None = None
+
+    @classmethod
+    def of(cls, record: ExperimentRecord, tags: list[str]) -> ExperimentOut:
+        """The answer for a record (both the general and the polling fast path build it so)."""
+        return cls(
+            id=record.id, name=record.name, tags=tags, status=record.status,
+            config=ExperimentConfig.model_validate(record.config),
+            created_at=record.created_at, started_at=record.started_at,
+            finished_at=record.finished_at, device=record.device, worker=record.worker,
+            attempt=record.attempt, dispatch_count=record.dispatch_count, error=record.error,
+            summary=TrainSummary.model_validate(record.summary) if record.summary else None,
+            study=None if record.study_id is None else StudyMembership(
+                id=record.study_id, cell=record.study_cell or 0, seed=record.study_seed or 0),
+        )
 
 
 class ExperimentPage(BaseModel):

@@ -1,5 +1,5 @@
 """Experiment rows: creation, listing, state changes. Every state change is a conditional update,
-so two processes racing on one experiment cannot both win."""
+so two processes racing on one experiment cannot both win. Hands out ``ExperimentRecord``s."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db.models import Experiment, ExperimentTag
+from app.db.records import ExperimentRecord
 from app.db.session import metric_store
 
 ACTIVE = ("queued", "running", "cancelling")
@@ -36,7 +37,7 @@ class InvalidTransitionError(Exception):
 
 @dataclass(frozen=True)
 class Page:
-    items: list[Experiment]
+    items: list[ExperimentRecord]
     next_cursor: str | None
 
 
@@ -48,7 +49,7 @@ def create(
     owner: str = "local",
     idempotency_key: str | None = None,
     request_hash: str | None = None,
-) -> tuple[Experiment, bool]:
+) -> tuple[ExperimentRecord, bool]:
     """Insert a queued experiment and commit. Returns (experiment, created).
 
     Idempotency keys are scoped to the owner: one owner's key never reveals another's experiment.
@@ -76,23 +77,25 @@ def create(
         if previous is None:
             raise
         return _same_request(previous, request_hash), False
-    return experiment, True
+    return ExperimentRecord.of(experiment), True
 
 
 def _by_idempotency_key(session: Session, key: str) -> Experiment | None:
     return session.scalars(select(Experiment).where(Experiment.idempotency_key == key)).first()
 
 
-def _same_request(previous: Experiment, request_hash: str | None) -> Experiment:
+def _same_request(previous: Experiment, request_hash: str | None) -> ExperimentRecord:
     if previous.request_hash != request_hash:
         raise IdempotencyConflictError(
             "this Idempotency-Key was already used with a different request body"
         )
-    return previous
+    return ExperimentRecord.of(previous)
 
 
-def get(session: Session, experiment_id: uuid.UUID) -> Experiment | None:
-    return session.get(Experiment, experiment_id)
+def get(session: Session, experiment_id: uuid.UUID) -> ExperimentRecord | None:
+    """The experiment as stored now (never a copy the session read earlier)."""
+    row = session.get(Experiment, experiment_id, populate_existing=True)
+    return ExperimentRecord.of(row) if row is not None else None
 
 
 def status_of(session: Session, experiment_id: uuid.UUID) -> str | None:
@@ -172,7 +175,8 @@ def list_page(
     rows = list(session.scalars(query))
     more = len(rows) > limit
     items = rows[:limit]
-    return Page(items, encode_cursor(items[-1]) if more and items else None)
+    return Page([ExperimentRecord.of(row) for row in items],
+                encode_cursor(items[-1]) if more and items else None)
 
 
 def request_cancel(session: Session, experiment_id: uuid.UUID) -> str:

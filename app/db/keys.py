@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.db.experiments import now
 from app.db.models import ApiKey
+from app.db.records import KeyRecord
 
 KEY_PATTERN = re.compile(r"^[\x21-\x7e]{32,256}$")
 OWNER_PATTERN = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
@@ -74,10 +75,8 @@ def principal_of(
     return Principal(owner=owner, admin=bool(admin))
 
 
-def authenticate(session: Session, key: str) -> Principal | None:
-    key_digest = digest(key)
-    if key_digest is None:
-        return None
+def lookup(session: Session, key_digest: str) -> Principal | None:
+    """The caller whose key has this digest (``digest``), if that key exists and is live."""
     row = session.get(ApiKey, key_digest[:12])
     if row is None:
         return principal_of(key_digest, None, None, None, None)
@@ -88,8 +87,9 @@ def any_created(session: Session) -> bool:
     return session.scalar(select(func.count()).select_from(ApiKey)) != 0
 
 
-def list_keys(session: Session) -> list[ApiKey]:
-    return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at)))
+def list_keys(session: Session) -> list[KeyRecord]:
+    rows = session.scalars(select(ApiKey).order_by(ApiKey.created_at))
+    return [KeyRecord.of(row) for row in rows]
 
 
 def revoke(session: Session, key_id: str) -> bool:

@@ -6,6 +6,7 @@ the database answers."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -16,25 +17,15 @@ from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.engine import make_url
 
 from app.db.models import ApiKey, Experiment, ExperimentTag
+from app.db.records import EXPERIMENT_FIELDS, JSON_FIELDS
 
 E, T, K = Experiment.__table__, ExperimentTag.__table__, ApiKey.__table__
 _ANY_KEY = ApiKey.__table__.alias("any_key")  # not K: K is joined, and would be correlated
+# The record's columns, in ``EXPERIMENT_FIELDS`` order (``ExperimentRecord.from_values``). JSON
+# comes as text: the caller compares it unparsed with what it cached, and parses only on change.
 _COLUMNS = [
-    E.c.name,
-    E.c.status,
-    sql_cast(E.c.config, Text).label("config"),
-    E.c.created_at,
-    E.c.started_at,
-    E.c.finished_at,
-    E.c.device,
-    E.c.worker,
-    E.c.attempt,
-    E.c.error,
-    sql_cast(E.c.summary, Text).label("summary"),
-    E.c.study_id,
-    E.c.study_cell,
-    E.c.study_seed,
-    E.c.dispatch_count,
+    sql_cast(E.c[name], Text).label(name) if name in JSON_FIELDS else E.c[name]
+    for name in EXPERIMENT_FIELDS
 ]
 
 
@@ -45,7 +36,6 @@ def _statement(probe_keys: bool) -> Select[Any]:
     return (
         select(
             *_COLUMNS,
-            E.c.owner,
             keys_exist.label("keys_exist"),
             T.c.tag,
             K.c.key_hash,
@@ -64,14 +54,19 @@ def _statement(probe_keys: bool) -> Select[Any]:
 
 
 _STATEMENTS = {probe: _statement(probe) for probe in (True, False)}  # built once
-N_EXPERIMENT_COLUMNS = len(_COLUMNS)
+
+
+def record_values(row: Sequence[Any]) -> tuple[Any, ...]:
+    """The experiment's columns of one row, for ``ExperimentRecord.from_values``."""
+    return tuple(row[: len(_COLUMNS)])
 
 
 def experiment_rows(
     connection: Connection, experiment_id: uuid.UUID, key_id: str | None, probe_keys: bool
 ) -> list[Any]:
-    """One row per tag (at least one): the experiment's columns, ``owner``, ``keys_exist``,
-    ``tag`` and the key's ``key_hash``/``key_owner``/``key_admin``/``key_revoked_at``."""
+    """One row per tag (at least one): the experiment's columns (``record_values``),
+    ``keys_exist``, ``tag`` and the key's ``key_hash``/``key_owner``/``key_admin``/
+    ``key_revoked_at``."""
     return list(
         connection.execute(
             _STATEMENTS[probe_keys], {"experiment_id": experiment_id, "key_id": key_id or ""}

@@ -15,7 +15,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy.exc import OperationalError
 from starlette.requests import Request
 
-from app.api import deps, polled
+from app.api import polled
+from app.api.auth import KEYS_SEEN
+from app.api.deps import Caller, ExperimentAccess
 from app.api.routes.experiments import _get_experiment
 from app.cli.service import tcp_listener
 from app.core.config import Settings
@@ -31,9 +33,9 @@ from tests.waiting import HANG_S
 def settings(db_url: str, tmp_path: Path) -> Iterator[Settings]:
     """Every test here on SQLite and on Postgres, where the fast path is asynchronous and
     coalesces identical polls."""
-    deps._keys_exist.discard(db_url)  # one Postgres database for all tests: forget earlier keys
+    KEYS_SEEN.forget(db_url)  # one Postgres database for all tests: forget earlier keys
     yield Settings(database_url=db_url, data_dir=tmp_path / "data", artifacts_dir=tmp_path / "art")
-    deps._keys_exist.discard(db_url)
+    KEYS_SEEN.forget(db_url)
 
 
 def poller(client: TestClient) -> polled.Poller:
@@ -46,9 +48,10 @@ def general_path(client: TestClient, experiment_id: str, headers: dict[str, str]
     """What the general path answers, called directly (no fast path)."""
     scope = {"type": "http", "app": client.app, "method": "GET", "path": "/", "query_string": b"",
              "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
-    from starlette.requests import Request
-
-    return bytes(_get_experiment(uuid.UUID(experiment_id), Request(scope)).body)
+    caller = Caller(client.app.state.settings,  # type: ignore[attr-defined]
+                    headers.get("Authorization"))
+    access = ExperimentAccess(caller, uuid.UUID(experiment_id))
+    return bytes(_get_experiment(access, Request(scope)).body)
 
 
 def test_fast_answer_is_the_general_answer(client: TestClient) -> None:
@@ -173,7 +176,7 @@ def test_concurrent_first_polls_share_one_connection(
     """Polls of different experiments arriving together on a new app open one connection, not
     one each (only the last of which would have been kept)."""
     truncate_all(postgres_url)
-    deps._keys_exist.discard(postgres_url)
+    KEYS_SEEN.forget(postgres_url)
     settings = Settings(database_url=postgres_url, data_dir=tmp_path / "data",
                         artifacts_dir=tmp_path / "art")
     with TestClient(create_app(settings, dispatcher=FakeDispatcher())) as client:
@@ -199,11 +202,10 @@ def test_concurrent_first_polls_share_one_connection(
 
     monkeypatch.setattr(polling, "connect_async", held_connect)
     monkeypatch.setattr(fast.loop_connection, "get", counted_get)
-    request = Request({"type": "http", "method": "GET", "path": "/", "query_string": b"",
-                       "headers": []})
+    caller = Caller(settings, None)
 
     async def main() -> list[Any]:
-        return await asyncio.gather(*(fast.read(request, i) for i in ids))
+        return await asyncio.gather(*(fast.read(caller, i) for i in ids))
 
     try:
         answers = asyncio.run(main())

@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from app.cli.service import exposure_problem
 from app.core.config import Settings
 from app.db import keys
+from app.db.models import ApiKey
 from app.db.session import session_scope
 from tests.api.helpers import API, FakeDispatcher, finish, insert
 from tests.waiting import HANG_S
@@ -92,7 +94,7 @@ def test_revoking_every_key_does_not_open_the_api(client: TestClient, settings: 
 
 def test_keys_are_stored_only_as_hashes(client: TestClient, settings: Settings, ks: Keys) -> None:
     with session_scope(settings.database_url) as session:
-        stored = " ".join(f"{k.key_id} {k.key_hash}" for k in keys.list_keys(session))
+        stored = " ".join(f"{k.key_id} {k.key_hash}" for k in session.scalars(select(ApiKey)))
     assert ks.alice not in stored and ks.alice[4:20] not in stored
 
 

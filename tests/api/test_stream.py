@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 from fastapi.testclient import TestClient
 
+from app.api import sse
 from app.api.routes import stream as stream_module
 from app.core.config import Settings
 from app.db import experiments
@@ -33,7 +34,7 @@ def settings(settings: Settings) -> Settings:
 @pytest.fixture(autouse=True)
 def quick_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
     """A heartbeat every 0.2 s: a silent stream still yields lines, so reads can time out."""
-    monkeypatch.setattr(stream_module, "HEARTBEAT_S", 0.2)
+    monkeypatch.setattr(sse, "HEARTBEAT_S", 0.2)
 
 
 def url(experiment_id: str) -> str:

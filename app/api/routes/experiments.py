@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import uuid
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, HTTPException, Query, Request, Response
@@ -18,11 +17,13 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api import headers, polled
 from app.api.deps import (
+    CONFLICT,
+    NOT_FOUND,
+    CallerDep,
     DispatcherDep,
-    PrincipalDep,
-    SessionDep,
-    SettingsDep,
-    authorized_session,
+    ExperimentAccess,
+    ExperimentDep,
+    visible_experiment,
 )
 from app.api.errors import body_error
 from app.api.etag import etag_body, etag_json
@@ -33,7 +34,6 @@ from app.api.schemas import (
     ExperimentPage,
     Problem,
     Status,
-    StudyMembership,
     SubmitOptions,
     Tag,
     submit_schema,
@@ -41,51 +41,21 @@ from app.api.schemas import (
 from app.core.config import Settings
 from app.db import experiments
 from app.db.keys import Principal
-from app.db.models import Experiment
+from app.db.records import ExperimentRecord
 from app.dispatch import queue_for
 from worker.training.config import ExperimentConfig
 from worker.training.job import planned_steps
 from worker.training.presets import UnknownPresetError, build_config
-from worker.training.result import TrainSummary
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/experiments", tags=["experiments"])
-Responses = dict[int | str, dict[str, Any]]
-NOT_FOUND: Responses = {404: {"model": Problem, "description": "No such experiment"}}
-CONFLICT: Responses = {409: {"model": Problem, "description": "Not allowed in the current status"}}
 
 EXAMPLE = {"preset": "geron-bn", "dataset": {"name": "digits"}, "training": {"epochs": 5},
            "tags": ["bn", "demo"]}
 
 
-def _aware(stamp: datetime | None) -> datetime | None:
-    return stamp.replace(tzinfo=UTC) if stamp is not None and stamp.tzinfo is None else stamp
-
-
-def to_out(row: Experiment, tags: list[str]) -> ExperimentOut:
-    return ExperimentOut(
-        id=row.id, name=row.name, tags=tags, status=row.status,
-        config=ExperimentConfig.model_validate(row.config),
-        created_at=_aware(row.created_at), started_at=_aware(row.started_at),
-        finished_at=_aware(row.finished_at), device=row.device, worker=row.worker,
-        attempt=row.attempt, dispatch_count=row.dispatch_count, error=row.error,
-        summary=TrainSummary.model_validate(row.summary) if row.summary else None,
-        study=None if row.study_id is None else StudyMembership(
-            id=row.study_id, cell=row.study_cell or 0, seed=row.study_seed or 0),
-    )
-
-
-def load(session: Session, experiment_id: uuid.UUID, principal: Principal) -> Experiment:
-    """The experiment, if it exists *and* the caller may see it: another owner's experiment is
-    a 404 too, so ids never leak whether they exist."""
-    row = experiments.get(session, experiment_id)
-    if row is None or not (principal.admin or row.owner == principal.owner):
-        raise HTTPException(404, f"experiment {experiment_id} not found")
-    return row
-
-
-def _one(session: Session, row: Experiment) -> ExperimentOut:
-    return to_out(row, experiments.tags_of(session, [row.id])[row.id])
+def _one(session: Session, record: ExperimentRecord) -> ExperimentOut:
+    return ExperimentOut.of(record, experiments.tags_of(session, [record.id])[record.id])
 
 
 def _validate_submission(body: Any) -> tuple[ExperimentConfig, list[str]]:
@@ -139,10 +109,8 @@ def _check_quotas(session: Session, settings: Settings, principal: Principal,
 )
 def submit_experiment(
     response: Response,
-    session: SessionDep,
-    settings: SettingsDep,
+    caller: CallerDep,
     dispatcher: DispatcherDep,
-    principal: PrincipalDep,
     body: Annotated[Any, Body()],
     idempotency_key: Annotated[str | None, Header(
         max_length=headers.IDEMPOTENCY_KEY_MAX, pattern=headers.IDEMPOTENCY_KEY_PATTERN,
@@ -150,16 +118,19 @@ def submit_experiment(
                     "experiment")] = None,
 ) -> ExperimentOut:
     """Queue an experiment. The config may start from a `preset`; unset fields take defaults."""
-    config, tags = _validate_submission(body)
-    _check_quotas(session, settings, principal, config)
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-    try:
-        row, created = experiments.create(
-            session, config=config.model_dump(mode="json"), tags=tags, owner=principal.owner,
-            idempotency_key=idempotency_key, request_hash=digest,
-        )
-    except experiments.IdempotencyConflictError as exc:
-        raise HTTPException(409, str(exc)) from exc
+    with caller.session() as (session, principal):
+        config, tags = _validate_submission(body)
+        settings = caller.settings
+        _check_quotas(session, settings, principal, config)
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        try:
+            row, created = experiments.create(
+                session, config=config.model_dump(mode="json"), tags=tags, owner=principal.owner,
+                idempotency_key=idempotency_key, request_hash=digest,
+            )
+        except experiments.IdempotencyConflictError as exc:
+            raise HTTPException(409, str(exc)) from exc
+        answer = _one(session, row)
     if created:
         # Sent only after the commit: a worker must find the row it is told about.
         queue = queue_for(config.resources.device, settings)
@@ -169,13 +140,12 @@ def submit_experiment(
         except Exception:  # the row stays queued; the reconciler re-sends it
             log.exception("could not send experiment %s to the broker", row.id)
     response.headers["Location"] = f"/api/v1/experiments/{row.id}"
-    return _one(session, row)
+    return answer
 
 
 @router.get("", response_model=ExperimentPage)
 def list_experiments(
-    session: SessionDep,
-    principal: PrincipalDep,
+    caller: CallerDep,
     status: Status | None = None,
     tag: Tag | None = None,
     name: Annotated[str | None, Query(max_length=100)] = None,
@@ -184,60 +154,58 @@ def list_experiments(
     study_id: Annotated[uuid.UUID | None, Query(description="Only this study's members")] = None,
 ) -> ExperimentPage:
     """Newest first. Pass `next_cursor` back as `cursor` for the next page."""
-    try:
-        page = experiments.list_page(session, limit=limit, cursor=cursor, status=status, tag=tag,
-                                     name=name, owner=None if principal.admin else principal.owner,
-                                     study_id=study_id)
-    except ValueError as exc:
-        raise RequestValidationError(
-            [{"loc": ("query", "cursor"), "type": "value_error", "msg": str(exc)}]
-        ) from exc
-    tags = experiments.tags_of(session, [row.id for row in page.items])
-    return ExperimentPage(items=[to_out(r, tags[r.id]) for r in page.items],
+    with caller.session() as (session, principal):
+        try:
+            page = experiments.list_page(
+                session, limit=limit, cursor=cursor, status=status, tag=tag, name=name,
+                owner=None if principal.admin else principal.owner, study_id=study_id)
+        except ValueError as exc:
+            raise RequestValidationError(
+                [{"loc": ("query", "cursor"), "type": "value_error", "msg": str(exc)}]
+            ) from exc
+        tags = experiments.tags_of(session, [row.id for row in page.items])
+    return ExperimentPage(items=[ExperimentOut.of(r, tags[r.id]) for r in page.items],
                           next_cursor=page.next_cursor)
 
 
 @router.get("/{experiment_id}", response_model=ExperimentOut, responses=NOT_FOUND)
-async def get_experiment(experiment_id: uuid.UUID, request: Request) -> Response:
+async def get_experiment(access: ExperimentDep, request: Request) -> Response:
     """One experiment. Send the last `ETag` as `If-None-Match` to get 304 when unchanged."""
-    found = await polled.poller(request).read(request, experiment_id)  # one query, shared
+    found = await polled.poller(request).read(access.caller, access.id)  # one query, shared
     if found is not None:
         return etag_body(request, found[0], tag=found[1])
-    return await run_in_threadpool(_get_experiment, experiment_id, request)
+    return await run_in_threadpool(_get_experiment, access, request)
 
 
-def _get_experiment(experiment_id: uuid.UUID, request: Request) -> Response:
+def _get_experiment(access: ExperimentAccess, request: Request) -> Response:
     """The general path (401, 404, and a database outage's 503 come from here)."""
-    with authorized_session(request) as (session, principal):
-        return etag_json(request, _one(session, load(session, experiment_id, principal)))
+    with access.open() as (session, experiment):
+        return etag_json(request, _one(session, experiment))
 
 
 @router.post("/{experiment_id}/cancel", status_code=202, response_model=ExperimentOut,
              responses={**NOT_FOUND, **CONFLICT})
-def cancel_experiment(experiment_id: uuid.UUID, session: SessionDep,
-                      principal: PrincipalDep) -> ExperimentOut:
+def cancel_experiment(access: ExperimentDep) -> ExperimentOut:
     """Queued: cancelled at once. Running: `cancelling` until the worker stops (seconds)."""
-    load(session, experiment_id, principal)
-    try:
-        status = experiments.request_cancel(session, experiment_id)
-    except experiments.InvalidTransitionError as exc:
-        raise HTTPException(409, str(exc)) from exc
-    log.info("experiment %s %s", experiment_id, status)
-    session.expire_all()
-    return _one(session, load(session, experiment_id, principal))
+    with access.caller.session() as (session, principal):
+        visible_experiment(session, access.id, principal)
+        try:
+            status = experiments.request_cancel(session, access.id)
+        except experiments.InvalidTransitionError as exc:
+            raise HTTPException(409, str(exc)) from exc
+        log.info("experiment %s %s", access.id, status)
+        return _one(session, visible_experiment(session, access.id, principal))
 
 
 @router.delete("/{experiment_id}", status_code=204, responses={**NOT_FOUND, **CONFLICT})
-def delete_experiment(
-    experiment_id: uuid.UUID, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
-) -> Response:
+def delete_experiment(access: ExperimentDep) -> Response:
     """Delete a finished experiment with its metrics and checkpoint."""
-    load(session, experiment_id, principal)
-    try:
-        experiments.delete_finished(session, experiment_id)
-    except experiments.InvalidTransitionError as exc:
-        raise HTTPException(409, str(exc)) from exc
-    settings.checkpoint_path(experiment_id).unlink(missing_ok=True)
+    with access.open() as (session, _):
+        try:
+            experiments.delete_finished(session, access.id)
+        except experiments.InvalidTransitionError as exc:
+            raise HTTPException(409, str(exc)) from exc
+    access.caller.settings.checkpoint_path(access.id).unlink(missing_ok=True)
     return Response(status_code=204)
 
 
@@ -246,14 +214,12 @@ def delete_experiment(
     responses={200: {"content": {"application/octet-stream": {}},
                      "description": "safetensors file"}, **NOT_FOUND},
 )
-def get_checkpoint(
-    experiment_id: uuid.UUID, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
-) -> FileResponse:
+def get_checkpoint(access: ExperimentDep) -> FileResponse:
     """The model's weights and BN buffers as safetensors, with the config in its metadata."""
-    row = load(session, experiment_id, principal)
-    path = settings.checkpoint_path(experiment_id)
+    experiment = access.record()
+    path = access.caller.settings.checkpoint_path(access.id)
     if not path.is_file():
-        raise HTTPException(404, f"experiment {experiment_id} has no checkpoint yet")
-    disposition = headers.attachment(row.name, experiment_id, ".safetensors")
+        raise HTTPException(404, f"experiment {access.id} has no checkpoint yet")
+    disposition = headers.attachment(experiment.name, access.id, ".safetensors")
     return FileResponse(path, media_type="application/octet-stream",
                         headers={"Content-Disposition": disposition})

@@ -13,8 +13,7 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from app.api.deps import PrincipalDep, SessionDep, SettingsDep
-from app.api.routes.experiments import CONFLICT, NOT_FOUND, load
+from app.api.deps import CONFLICT, NOT_FOUND, ExperimentDep
 from worker.training.export import MissingStandardizationError, export_model
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
@@ -33,17 +32,15 @@ def download_name(name: str, experiment_id: uuid.UUID, folded: bool) -> str:
                **NOT_FOUND, **CONFLICT},
 )
 def get_model(
-    experiment_id: uuid.UUID,
-    session: SessionDep,
-    settings: SettingsDep,
-    principal: PrincipalDep,
+    access: ExperimentDep,
     folded: Annotated[bool, Query(description="Fold BN into the linear layers")] = False,
 ) -> FileResponse:
     """The latest checkpoint's model with its input standardization, loadable without NormLab:
     `<layer>.weight`/`.bias`, `input.mean`/`input.std`, BN tensors unless folded; metadata
     `activation`, `layers`, `widths`, `batch_norm`, `config`."""
-    row = load(session, experiment_id, principal)
-    checkpoint = settings.checkpoint_path(experiment_id)
+    experiment_id = access.id
+    experiment = access.record()
+    checkpoint = access.caller.settings.checkpoint_path(experiment_id)
     if not checkpoint.is_file():
         raise HTTPException(404, f"experiment {experiment_id} has no checkpoint yet")
     fd, name = tempfile.mkstemp(prefix="normlab-model-", suffix=".safetensors")
@@ -57,5 +54,5 @@ def get_model(
         os.unlink(name)
         raise
     return FileResponse(name, media_type="application/octet-stream",
-                        filename=download_name(row.name, experiment_id, folded),
+                        filename=download_name(experiment.name, experiment_id, folded),
                         background=BackgroundTask(os.unlink, name))

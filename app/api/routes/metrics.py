@@ -2,78 +2,20 @@
 
 from __future__ import annotations
 
-import difflib
-import re
-import uuid
-from collections import OrderedDict
 from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 
-from app.api.deps import PrincipalDep, SessionDep, authorized_session
+from app.api.deps import NOT_FOUND, ExperimentAccess, ExperimentDep
 from app.api.etag import etag_body
-from app.api.routes.experiments import NOT_FOUND, load
-from app.api.schemas import METRIC_NAME_PATTERN, MetricNameOut, MetricPage, OptionalMetricNames
+from app.api.params import check_names, known_names, parse_names
+from app.api.schemas import MetricNameOut, MetricPage, OptionalMetricNames
 from app.db import metrics
-from app.db.models import FINITE, MAX_STEP, NAN, NEG_INF, POS_INF, Experiment
-from worker.training.config import ExperimentConfig
-from worker.training.metricnames import produced_names
+from app.db.models import FINITE, MAX_STEP, NAN, NEG_INF, POS_INF
 
 router = APIRouter(prefix="/experiments", tags=["metrics"])
-_NAME = re.compile(METRIC_NAME_PATTERN)
-
-
-def parse_names(names: str | None) -> list[str] | None:
-    """The comma-separated ``names`` parameter; None when it was not sent. Sent but empty is a
-    422: answering every metric (or none) would hide the client's mistake."""
-    if names is None:
-        return None
-    parts = list(dict.fromkeys(n.strip() for n in names.split(",") if n.strip()))
-    bad = [n for n in parts if not _NAME.match(n)]
-    if bad or not parts or len(parts) > 100:
-        raise RequestValidationError([{
-            "loc": ("query", "names"), "type": "value_error",
-            "msg": f"invalid metric name(s): {', '.join(bad[:5])}" if bad
-            else "at most 100 names" if parts
-            else "names is empty: give metric names, or leave the parameter out",
-        }])
-    return parts
-
-
-# Configs never change once submitted: the names each one produces are computed once.
-_KNOWN: OrderedDict[uuid.UUID, frozenset[str]] = OrderedDict()
-_KNOWN_CACHE_SIZE = 4096
-
-
-def known_names(row: Experiment) -> frozenset[str]:
-    """The metric names this experiment's config makes the engine record (written or not)."""
-    found = _KNOWN.get(row.id)
-    if found is None:
-        found = frozenset(produced_names(ExperimentConfig.model_validate(row.config)))
-        _KNOWN[row.id] = found
-        while len(_KNOWN) > _KNOWN_CACHE_SIZE:
-            _KNOWN.popitem(last=False)
-    return found
-
-
-def unknown_names_message(unknown: list[str], known: frozenset[str]) -> str:
-    hints = []
-    for name in unknown:
-        close = difflib.get_close_matches(name, known, n=1)
-        hints.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
-    return (f"unknown metric name(s) {', '.join(hints)}; this experiment's config records: "
-            f"{', '.join(sorted(known))}")
-
-
-def check_names(names: list[str], known: frozenset[str]) -> None:
-    """422 for names no config of the request records (a name not written *yet* is fine)."""
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise RequestValidationError([{"loc": ("query", "names"), "type": "unknown_metric",
-                                       "msg": unknown_names_message(unknown, known)}])
 
 
 MAX_PAGE = 50_000  # points per page: a 20,000-step metric in one answer (1.8 MB of JSON)
@@ -81,7 +23,7 @@ MAX_PAGE = 50_000  # points per page: a 20,000-step metric in one answer (1.8 MB
 
 @router.get("/{experiment_id}/metrics", response_model=MetricPage, responses=NOT_FOUND)
 async def read_metrics(
-    experiment_id: uuid.UUID,
+    access: ExperimentDep,
     request: Request,
     names: OptionalMetricNames = None,
     after_step: Annotated[int, Query(
@@ -99,18 +41,16 @@ async def read_metrics(
     """
     # One thread hop for the whole request (session, auth, the experiment, the page and its
     # JSON), not one per dependency: pollers call this many times a second.
-    return await run_in_threadpool(_read_metrics, request, experiment_id, names, after_step,
-                                   limit)
+    return await run_in_threadpool(_read_metrics, request, access, names, after_step, limit)
 
 
-def _read_metrics(request: Request, experiment_id: uuid.UUID, names: str | None,
+def _read_metrics(request: Request, access: ExperimentAccess, names: str | None,
                   after_step: int, limit: int) -> Response:
-    with authorized_session(request) as (session, principal):
-        row = load(session, experiment_id, principal)
+    with access.open() as (session, experiment):
         wanted = parse_names(names)
         if wanted is not None:
-            check_names(wanted, known_names(row))
-        page = metrics.read_row_page(session, experiment_id, after_step=after_step,
+            check_names(wanted, known_names(experiment))
+        page = metrics.read_row_page(session, access.id, after_step=after_step,
                                      names=wanted, limit=limit)
     return etag_body(request, page_json(page.rows, after_step, page.has_more))
 
@@ -134,8 +74,7 @@ def page_json(rows: list[metrics.Row], after_step: int = -1, has_more: bool = Fa
 
 @router.get("/{experiment_id}/metrics/names", response_model=list[MetricNameOut],
             responses=NOT_FOUND)
-def metric_names(experiment_id: uuid.UUID, session: SessionDep,
-                 principal: PrincipalDep) -> list[MetricNameOut]:
-    load(session, experiment_id, principal)
-    return [MetricNameOut(name=n.name, count=n.count, last_step=n.last_step)
-            for n in metrics.names(session, experiment_id)]
+def metric_names(access: ExperimentDep) -> list[MetricNameOut]:
+    with access.open() as (session, _):
+        return [MetricNameOut(name=n.name, count=n.count, last_step=n.last_step)
+                for n in metrics.names(session, access.id)]

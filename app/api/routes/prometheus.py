@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from app.api.deps import PrincipalDep, SessionDep, SettingsDep
+from app.api.deps import CallerDep
 from app.core import telemetry
 from app.core.config import Settings
 from app.db import census
@@ -63,15 +63,16 @@ class CensusCollector(Collector):
             responses={200: {"content": {CONTENT_TYPE_LATEST: {}},
                              "description": "Prometheus text format"},
                        403: {"description": "Keys exist and this one is not an admin's"}})
-def prometheus_metrics(session: SessionDep, settings: SettingsDep,
-                       principal: PrincipalDep) -> Response:
+def prometheus_metrics(caller: CallerDep) -> Response:
     """For Prometheus: HTTP requests and latency by route and status, experiments by status and
     queue, the oldest queued experiment's age, points written, sink write latency, and each
     running worker's heartbeat age."""
-    if not principal.admin:
-        raise HTTPException(403, "/metrics needs an admin key")
+    with caller.session() as (session, principal):
+        if not principal.admin:
+            raise HTTPException(403, "/metrics needs an admin key")
+        taken = census.take(session)
     own = CollectorRegistry(auto_describe=False)
-    own.register(CensusCollector(census.take(session), settings))
+    own.register(CensusCollector(taken, caller.settings))
     telemetry.instruments()  # so that a fresh process shows its (zero) counters too
     body = generate_latest(telemetry.registry()) + generate_latest(own)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -6,16 +6,21 @@ import uuid
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.orm import Session
 
-from app.api.deps import PrincipalDep, SessionDep, authorized_session
+from app.api.deps import NOT_FOUND, CallerDep, ExperimentAccess, ExperimentDep, visible_experiment
 from app.api.etag import etag_body, etag_json
-from app.api.routes.experiments import NOT_FOUND, load
-from app.api.routes.metrics import check_names, known_names, parse_names, unknown_names_message
+from app.api.params import (
+    MetricPath,
+    check_names,
+    known_names,
+    parse_names,
+    unknown_names_message,
+)
 from app.api.schemas import (
-    METRIC_NAME_PATTERN,
     BucketOut,
     CompareAxis,
     ComparedExperiment,
@@ -25,11 +30,12 @@ from app.api.schemas import (
 )
 from app.db import series
 from app.db.bucketing import Bucket
+from app.db.keys import Principal
 from app.db.models import MAX_STEP
+from app.db.records import ExperimentRecord
 from worker.training.result import TrainSummary
 
 router = APIRouter(tags=["metrics"])
-MetricPath = Annotated[str, Path(pattern=METRIC_NAME_PATTERN, examples=["loss"])]
 Points = Annotated[int, Query(ge=1, le=5000, description="At most this many buckets")]
 FromStep = Annotated[int | None, Query(
     ge=0, le=MAX_STEP, description="First step of the range; must not exceed `to_step` (refused "
@@ -52,7 +58,9 @@ def _out(b: Bucket) -> BucketOut:
 @router.get("/experiments/{experiment_id}/metrics/{name:path}/series", response_model=SeriesOut,
             responses=NOT_FOUND)
 async def get_series(
-    experiment_id: uuid.UUID, name: MetricPath, request: Request,
+    # ``experiment_id`` is ``access``'s; named here too so the OpenAPI lists the path's two
+    # parameters in path order (a dependency's parameters would come after ``name``).
+    experiment_id: uuid.UUID, name: MetricPath, access: ExperimentDep, request: Request,
     points: Points = 500, from_step: FromStep = None, to_step: ToStep = None,
 ) -> Response:
     """At most `points` buckets over the step range, each with first/last/min/max/mean/count and
@@ -60,17 +68,17 @@ async def get_series(
     holds no more than `points` points, each point is its own bucket (`raw: true`). A name this
     experiment's config does not record is a 404 that lists the names it does."""
     # One thread hop for the whole request, as for metric pages: dashboards poll this too.
-    return await run_in_threadpool(_series, request, experiment_id, name, points, from_step,
-                                   to_step)
+    return await run_in_threadpool(_series, request, access, name, points, from_step, to_step)
 
 
-def _series(request: Request, experiment_id: uuid.UUID, name: str, points: int,
+def _series(request: Request, access: ExperimentAccess, name: str, points: int,
             from_step: int | None, to_step: int | None) -> Response:
-    with authorized_session(request) as (session, principal):
+    experiment_id = access.id
+    with access.caller.session() as (session, principal):
         if from_step is not None and to_step is not None and from_step > to_step:
             raise RequestValidationError([{"loc": ("query", "from_step"), "type": "value_error",
                                            "msg": "from_step must not exceed to_step"}])
-        known = known_names(load(session, experiment_id, principal))
+        known = known_names(visible_experiment(session, experiment_id, principal))
         if name not in known:
             raise HTTPException(404, unknown_names_message([name], known))
         found = series.step_range(session, experiment_id, name, from_step, to_step,
@@ -148,13 +156,13 @@ def _parse_ids(ids: str) -> list[uuid.UUID]:
     return parsed
 
 
-def _summary(row: Any) -> TrainSummary | None:
-    return TrainSummary.model_validate(row.summary) if row.summary else None
+def _summary(experiment: ExperimentRecord) -> TrainSummary | None:
+    return TrainSummary.model_validate(experiment.summary) if experiment.summary else None
 
 
 @router.get("/compare", response_model=CompareOut, responses=NOT_FOUND)
 def compare(
-    request: Request, session: SessionDep, principal: PrincipalDep,
+    request: Request, caller: CallerDep,
     ids: Annotated[str, Query(
         max_length=800, pattern=IDS_PATTERN,
         description=f"Comma-separated experiment ids (1 to {MAX_COMPARED}), e.g. the `id` "
@@ -167,9 +175,16 @@ def compare(
     each experiment its summary (null until it finishes), and against the first one the config
     fields that differ and the difference of each numeric summary field. A name that none of
     the experiments' configs records is a 422."""
+    with caller.session() as (session, principal):
+        return _compare(request, session, principal, ids, names, points)
+
+
+def _compare(request: Request, session: Session, principal: Principal, ids: str, names: str,
+             points: int) -> Response:
     experiment_ids = _parse_ids(ids)
     metric_names = parse_names(names) or ["loss"]
-    rows = [load(session, experiment_id, principal) for experiment_id in experiment_ids]
+    rows = [visible_experiment(session, experiment_id, principal)
+            for experiment_id in experiment_ids]
     check_names(metric_names, frozenset().union(*(known_names(r) for r in rows)))
     ranges = [series.step_range(session, r.id, n, count_cap=1) for r in rows for n in metric_names]
     present = [r for r in ranges if r is not None]

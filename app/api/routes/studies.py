@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import (
     APIRouter,
@@ -21,37 +20,23 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import (
-    DispatcherDep,
-    PrincipalDep,
-    SessionDep,
-    SettingsDep,
-    authorized_session,
-)
+from app.api.deps import STUDY_NOT_FOUND, CallerDep, DispatcherDep, StudyAccess, StudyDep
 from app.api.errors import validation_details
 from app.api.etag import etag_body
 from app.api.links import STUDY_LINKS
 from app.api.schemas import Cursor, Problem
 from app.api.study_schemas import StudyCancelled, StudyOut, StudyPage, StudyProgress
+from app.core.config import Settings
 from app.db import studies
 from app.db.experiments import IdempotencyConflictError
 from app.db.keys import Principal
 from app.db.studies import StudyRecord
+from app.dispatch import Dispatcher
 from app.studies import service
 from app.studies.results import Pairs, progress
 from app.studies.spec import StudySpec, example_spec
 
 router = APIRouter(prefix="/studies", tags=["studies"])
-Responses = dict[int | str, dict[str, Any]]
-NOT_FOUND: Responses = {404: {"model": Problem, "description": "No such study"}}
-
-
-def load_study(session: Session, study_id: uuid.UUID, principal: Principal) -> StudyRecord:
-    """The study if it exists and the caller may see it (another owner's is a 404 too)."""
-    record = studies.get(session, study_id)
-    if record is None or not (principal.admin or record.owner == principal.owner):
-        raise HTTPException(404, f"study {study_id} not found")
-    return record
 
 
 def to_out(record: StudyRecord, counts: dict[str, int]) -> StudyOut:
@@ -73,13 +58,20 @@ def to_out(record: StudyRecord, counts: dict[str, int]) -> StudyOut:
                429: {"model": Problem, "description": "The members exceed the owner's quota"}},
 )
 def submit_study(
-    response: Response, background: BackgroundTasks, session: SessionDep, settings: SettingsDep,
-    dispatcher: DispatcherDep, principal: PrincipalDep,
+    response: Response, background: BackgroundTasks, caller: CallerDep, dispatcher: DispatcherDep,
     spec: Annotated[StudySpec, Body(examples=[example_spec()])],
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> StudyOut:
     """Queue every cell × seed of a study as ordinary experiments, all or none. Each member's
     config is validated first; an invalid one refuses the study (422 naming levels and field)."""
+    with caller.session() as (session, principal):
+        return _submit(response, background, session, principal, caller.settings, dispatcher,
+                       spec, idempotency_key)
+
+
+def _submit(response: Response, background: BackgroundTasks, session: Session,
+            principal: Principal, settings: Settings, dispatcher: Dispatcher, spec: StudySpec,
+            idempotency_key: str | None) -> StudyOut:
     try:
         members = service.plan(spec, settings)
     except service.TooManyMembersError as exc:
@@ -115,59 +107,60 @@ def submit_study(
 
 @router.get("", response_model=StudyPage)
 def list_studies(
-    session: SessionDep, principal: PrincipalDep,
+    caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Cursor = None,
 ) -> StudyPage:
     """Newest first. Pass `next_cursor` back as `cursor` for the next page."""
-    try:
-        page = studies.list_page(session, limit=limit, cursor=cursor,
-                                 owner=None if principal.admin else principal.owner)
-    except ValueError as exc:
-        raise RequestValidationError(
-            [{"loc": ("query", "cursor"), "type": "value_error", "msg": str(exc)}]) from exc
-    counts = studies.progress_many(session, [r.id for r in page.items])
+    with caller.session() as (session, principal):
+        try:
+            page = studies.list_page(session, limit=limit, cursor=cursor,
+                                     owner=None if principal.admin else principal.owner)
+        except ValueError as exc:
+            raise RequestValidationError(
+                [{"loc": ("query", "cursor"), "type": "value_error", "msg": str(exc)}]) from exc
+        counts = studies.progress_many(session, [r.id for r in page.items])
     return StudyPage(items=[to_out(r, counts[r.id]) for r in page.items],
                      next_cursor=page.next_cursor)
 
 
-@router.get("/{study_id}", responses={200: {"description": "The results document"}, **NOT_FOUND})
+@router.get("/{study_id}", responses={200: {"description": "The results document"},
+                                     **STUDY_NOT_FOUND})
 async def get_study(
-    study_id: uuid.UUID, request: Request,
+    access: StudyDep, request: Request,
     pairs: Annotated[Pairs, Query(description="first: each level against the first; all: "
                                               "every pair of levels")] = "first",
 ) -> Response:
     """Progress, per-cell statistics, seed-paired contrasts per factor (Holm-adjusted), the
     interaction of two factors, and a verdict per contrast. Deterministic; ETag/304."""
-    return await run_in_threadpool(_get_study, request, study_id, pairs)
+    return await run_in_threadpool(_get_study, request, access, pairs)
 
 
-def _get_study(request: Request, study_id: uuid.UUID, pairs: Pairs) -> Response:
-    with authorized_session(request) as (session, principal):
-        record = load_study(session, study_id, principal)
+def _get_study(request: Request, access: StudyAccess, pairs: Pairs) -> Response:
+    with access.open() as (session, record):
         return etag_body(request, service.results_body(session, record, pairs))
 
 
 @router.post("/{study_id}/cancel", status_code=202, response_model=StudyCancelled,
-             responses=NOT_FOUND)
-def cancel_study(study_id: uuid.UUID, session: SessionDep,
-                 principal: PrincipalDep) -> StudyCancelled:
+             responses=STUDY_NOT_FOUND)
+def cancel_study(access: StudyDep) -> StudyCancelled:
     """Cancel every member that is not finished (queued at once, running within seconds)."""
-    load_study(session, study_id, principal)
-    done = studies.cancel(session, study_id)
-    return StudyCancelled(id=study_id, cancelled=done["cancelled"], cancelling=done["cancelling"])
+    with access.open() as (session, _):
+        done = studies.cancel(session, access.id)
+    return StudyCancelled(id=access.id, cancelled=done["cancelled"],
+                          cancelling=done["cancelling"])
 
 
 @router.delete("/{study_id}", status_code=204,
-               responses={**NOT_FOUND, 409: {"model": Problem, "description": "Members active"}})
-def delete_study(study_id: uuid.UUID, session: SessionDep, settings: SettingsDep,
-                 principal: PrincipalDep) -> Response:
+               responses={**STUDY_NOT_FOUND,
+                          409: {"model": Problem, "description": "Members active"}})
+def delete_study(access: StudyDep) -> Response:
     """Delete a finished study with its members, their metrics and checkpoints."""
-    load_study(session, study_id, principal)
-    try:
-        ids = studies.delete_finished(session, study_id)
-    except studies.StudyActiveError as exc:
-        raise HTTPException(409, str(exc)) from exc
+    with access.open() as (session, _):
+        try:
+            ids = studies.delete_finished(session, access.id)
+        except studies.StudyActiveError as exc:
+            raise HTTPException(409, str(exc)) from exc
     for member_id in ids:
-        settings.checkpoint_path(member_id).unlink(missing_ok=True)
+        access.caller.settings.checkpoint_path(member_id).unlink(missing_ok=True)
     return Response(status_code=204)

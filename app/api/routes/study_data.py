@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-import anyio.to_thread
 import orjson
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import SettingsDep, authorized_session, resolve_principal
+from app.api import sse
+from app.api.deps import STUDY_NOT_FOUND, StudyDep
 from app.api.etag import etag_body
-from app.api.routes.series import MetricPath
-from app.api.routes.stream import HEARTBEAT_S
-from app.api.routes.studies import NOT_FOUND, load_study
+from app.api.params import MetricPath
 from app.core.config import Settings
 from app.db import studies
 from app.db.session import session_scope
@@ -30,17 +26,16 @@ router = APIRouter(prefix="/studies", tags=["studies"])
 
 
 @router.get("/{study_id}/curves", responses={200: {"description": "Per-cell curves"},
-                                             **NOT_FOUND})
+                                             **STUDY_NOT_FOUND})
 async def get_curves(
-    study_id: uuid.UUID, request: Request,
+    access: StudyDep, request: Request,
     metric: Annotated[MetricPath, Query(description="A metric name")] = "val_accuracy",
     points: Annotated[int, Query(ge=1, le=2000)] = 200,
 ) -> Response:
     """Per cell, on one step grid shared by all members: mean across seeds, a 95% band, min,
     max, and the number of members in each bucket."""
     def read() -> Response:
-        with authorized_session(request) as (session, principal):
-            record = load_study(session, study_id, principal)
+        with access.open() as (session, record):
             body = orjson.dumps(service.curves(session, record, metric, points))
         return etag_body(request, body)
 
@@ -49,16 +44,15 @@ async def get_curves(
 
 @router.get("/{study_id}/results.csv", response_class=Response,
             responses={200: {"content": {"text/csv": {}}, "description": "One row per member"},
-                       **NOT_FOUND})
-async def get_results_csv(study_id: uuid.UUID, request: Request) -> Response:
+                       **STUDY_NOT_FOUND})
+async def get_results_csv(access: StudyDep) -> Response:
     """Levels, seed, status, response and the main summary fields of every member."""
     def read() -> Response:
-        with authorized_session(request) as (session, principal):
-            record = load_study(session, study_id, principal)
+        with access.open() as (session, record):
             text = service.results_csv(session, record)
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in record.name)
         return Response(text, media_type="text/csv", headers={
-            "Content-Disposition": f'attachment; filename="{safe}-{study_id}.csv"'})
+            "Content-Disposition": f'attachment; filename="{safe}-{access.id}.csv"'})
 
     return await run_in_threadpool(read)
 
@@ -71,39 +65,31 @@ def _poll(settings: Settings, study_id: uuid.UUID) -> dict[str, object] | None:
     return progress([s for s, n in counts.items() for _ in range(n)], sum(counts.values()))
 
 
-async def _events(request: Request, settings: Settings, study_id: uuid.UUID
-                  ) -> AsyncIterator[str]:
-    last, last_sent = None, time.monotonic()
-    yield "retry: 2000\n\n"
-    while True:
-        current = await anyio.to_thread.run_sync(_poll, settings, study_id)
+def _events(request: Request, settings: Settings, study_id: uuid.UUID) -> AsyncIterator[str]:
+    last: dict[str, object] | None = None
+
+    async def tick() -> sse.Tick:
+        nonlocal last
+        current = await sse.in_poll_thread(_poll, settings, study_id)
         if current is None:
-            yield f"event: end\ndata: {json.dumps({'deleted': True})}\n\n"
-            return
+            return sse.Tick([sse.event("end", json.dumps({"deleted": True}))], done=True)
+        found = sse.Tick()
         if current != last:
-            yield f"event: progress\ndata: {json.dumps(current)}\n\n"
-            last, last_sent = current, time.monotonic()
+            found.events.append(sse.event("progress", json.dumps(current)))
+            last = current
         if current["terminal"]:
-            yield f"event: end\ndata: {json.dumps(current)}\n\n"
-            return
-        if time.monotonic() - last_sent >= HEARTBEAT_S:
-            yield ": heartbeat\n\n"
-            last_sent = time.monotonic()
-        if await request.is_disconnected():
-            return
-        await asyncio.sleep(settings.stream_poll_s)
+            found.events.append(sse.event("end", json.dumps(current)))
+            found.done = True
+        return found
+
+    return sse.events(request, settings.stream_poll_s, tick)
 
 
 @router.get("/{study_id}/stream", responses={
-    200: {"content": {"text/event-stream": {}}, "description": "An SSE stream"}, **NOT_FOUND})
-async def stream_study(study_id: uuid.UUID, request: Request,
-                       settings: SettingsDep) -> StreamingResponse:
+    200: {"content": {"text/event-stream": {}}, "description": "An SSE stream"},
+    **STUDY_NOT_FOUND})
+async def stream_study(access: StudyDep, request: Request) -> StreamingResponse:
     """`progress` events (member counts by status) on every change; `end` once every member
     is terminal (or the study was deleted)."""
-    def check() -> None:  # a session of its own, closed before the stream starts
-        with session_scope(settings.database_url) as session:
-            load_study(session, study_id, resolve_principal(request, session, settings))
-
-    await anyio.to_thread.run_sync(check)
-    return StreamingResponse(_events(request, settings, study_id), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    await sse.in_poll_thread(access.record)  # a session of its own, closed before the stream
+    return sse.response(_events(request, access.caller.settings, access.id))
