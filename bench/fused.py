@@ -69,6 +69,9 @@ def member_configs(net: str, k: int, steps: int, device: str) -> list[Experiment
                 **raw["training"],
                 "max_steps": steps,
                 "seed": i if net == "digits" else 0,
+                # A fixed-budget timing of eval-mode prediction, not training: it would add the
+                # same ~0.3 s per member to both paths and time itself against the other jobs.
+                "measure_prediction_cost": False,
             },
             "resources": {"device": device},
         }

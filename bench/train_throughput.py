@@ -85,7 +85,13 @@ def make_config(args: argparse.Namespace, log_every_steps: int) -> ExperimentCon
         {
             "dataset": {"name": "synthetic", "validation_size": 0, "test_size": 0},
             "clipping": {"mode": args.clipping, "threshold": 1.0},
-            "training": {"epochs": args.epochs, "log_every_steps": log_every_steps},
+            "training": {
+                "epochs": args.epochs,
+                "log_every_steps": log_every_steps,
+                # Timing eval-mode prediction after training is not training (the idiomatic
+                # loop does not do it either).
+                "measure_prediction_cost": False,
+            },
             "resources": {"device": args.device},
         },
         preset="geron-bn",

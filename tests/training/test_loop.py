@@ -17,7 +17,7 @@ from torch import nn
 from worker.training.config import DatasetConfig
 from worker.training.datasets import DataSplits, load_dataset
 from worker.training.loop import steps_per_epoch
-from worker.training.recorder import STEP_METRICS
+from worker.training.step_columns import STEP_METRICS
 
 from .support import make_config, run
 

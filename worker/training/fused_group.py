@@ -1,8 +1,9 @@
 """The active members of a fused group: stacked model, optimizer, clipping, data, pending rows.
 
 ``step_row`` is the fused step itself (forward, backward, clipping, optimizer) returning the
-step's ``[K, 2 + width]`` metrics row on the device; the loop either appends it to ``rows``
-(eager) or lets ``graph_step.StaticStep`` write it into a preallocated buffer (capturable).
+step's ``[K, row width]`` metrics rows on the device (``step_columns.fused_row``); the loop either
+appends them to ``rows`` (eager) or lets ``graph_step.StaticStep`` write them into a
+preallocated buffer (capturable).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from worker.training.stacked import StackedMLP
 from worker.training.stacked_clip import ClipColumns, StackedClipper
 from worker.training.stacked_eval import stacked_evaluate, stacked_probe_telemetry
 from worker.training.stacked_optim import StackedOptimizer
+from worker.training.step_columns import StepOutputs, fused_row
 from worker.training.units import probe_telemetry
 
 _Meta = tuple[int, int, float, int, bool]  # step, epoch, wall time, samples, logged
@@ -91,7 +93,7 @@ class Group:
         if not self.meta:
             return
         stacked = rows if rows is not None else torch.stack(self.rows)
-        values = stacked.to("cpu", torch.float64).numpy()  # [n, K, 2 + width]
+        values = stacked.to("cpu", torch.float64).numpy()  # [n, K, row width]
         logged = np.array([m[4] for m in self.meta], dtype=bool)
         for slot, run in enumerate(self.runs):
             clipping = run.spec.config.clipping
@@ -178,5 +180,4 @@ def step_row(group: Group, xb: torch.Tensor, yb: torch.Tensor, logged: bool) -> 
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     stats = group.clipper.clip(grads, measure=logged)
     group.optimizer.step(grads)
-    correct = (logits.detach().argmax(dim=2) == yb).sum(dim=1, dtype=logits.dtype)
-    return torch.cat([losses.detach().unsqueeze(1), correct.unsqueeze(1), stats], dim=1)
+    return fused_row(StepOutputs(losses.detach(), logits.detach(), yb), stats)

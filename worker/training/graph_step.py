@@ -1,7 +1,7 @@
 """The fused step with every per-step input on the device, so that CUDA can capture it.
 
 ``StaticStep`` keeps the epoch's permutations, the position in the epoch and a ``[capacity, K,
-2 + width]`` metrics buffer on the device; one full-batch step reads its batch through a device
+row width]`` metrics buffer on the device; one full-batch step reads its batch through a device
 offset, writes its row at a device row index and advances both — nothing the host must change
 between steps. On CUDA the step is captured in a ``torch.cuda.CUDAGraph`` (one graph per value
 of ``logged``) after a few eager warm-up steps and then replayed; elsewhere, or when capture is
@@ -16,6 +16,7 @@ import logging
 import torch
 
 from worker.training.fused_group import Group, step_row
+from worker.training.step_columns import device_columns
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class StaticStep:
         self.perms = perms.clone()
         self.offset = torch.zeros((), dtype=torch.long, device=device)
         self.arange = torch.arange(batch_size, device=device)
-        width = 2 + group.columns.width
+        width = len(device_columns()) + group.columns.width
         self.rows = torch.zeros(capacity, len(group.runs), width, device=device)
         self.row_index = torch.zeros(1, dtype=torch.long, device=device)
         self.reason = capture_obstacle(group, device)

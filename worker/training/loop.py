@@ -26,6 +26,7 @@ from worker.training.prediction_cost import measure_prediction_cost
 from worker.training.progress import OnMetrics, RunProgress, _Evaluated
 from worker.training.recorder import StepRecorder
 from worker.training.result import MetricPoint, TrainResult, TrainStatus
+from worker.training.step_columns import StepOutputs
 from worker.training.units import probe_points, probe_telemetry
 
 
@@ -204,9 +205,9 @@ def train(
             logged = step % tcfg.log_every_steps == 0
             stats = clip_gradients(grads, config.clipping, measure=logged)
             optimizer.step()
-            correct = (logits.detach().argmax(dim=1) == yb).sum(dtype=logits.dtype)
             lr = float(optimizer.param_groups[0]["lr"])
-            recorder.record(step, epoch, len(idx), lr, loss.detach(), correct, stats, logged=logged)
+            outputs = StepOutputs(loss.detach(), logits.detach(), yb)
+            recorder.record(step, epoch, len(idx), lr, outputs, stats, logged=logged)
             # (The epoch's last step gets its percentiles with the epoch's evaluation.)
             if every_k is not None and step % every_k == 0 and i != epoch_steps - 1:
                 pending_act.append((step, epoch, time.time(), probe_telemetry(model, probe)))

@@ -12,7 +12,7 @@ from worker.training.datasets import split_count
 from worker.training.evaluation import PERCENTILES
 from worker.training.job import POOL_SIZES
 from worker.training.model import Layer
-from worker.training.recorder import STEP_METRICS
+from worker.training.step_columns import step_metrics
 from worker.training.units import unit_state
 
 OFFICIAL_TEST_SET = ("mnist", "fashion_mnist")  # 10,000 test images; test_size is not used
@@ -43,7 +43,7 @@ def produced_names(config: ExperimentConfig) -> list[str]:
     bn_layers = [
         name for name in layers if bn.enabled and (name != "outputs" or bn.on_output)
     ]
-    names = [*STEP_METRICS, *(f"grad_norm/{layer}" for layer in layers)]
+    names = [*step_metrics(), *(f"grad_norm/{layer}" for layer in layers)]
     names += ["train_loss", "train_accuracy"]
     for split in evaluated_splits(config):
         names += [f"{split}_loss", f"{split}_accuracy"]

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from worker.training import step_columns
 from worker.training.recorder import StepBlock, StepRecorder
 from worker.training.result import MetricPoint, TrainStatus, TrainSummary
 
@@ -50,7 +51,8 @@ class RunProgress:
         ``grad_norm``), the rest are dropped, and no epoch metrics are computed.
         """
         block = self.recorder.drain()
-        bad = block.first_non_finite()
+        found = block.first_non_finite()
+        bad = found[0] if found is not None else None
         if bad is not None:
             block = block.head(bad + 1)
         self._note_steps(block)
@@ -58,15 +60,15 @@ class RunProgress:
         # Extra per-step points (activation percentiles) follow their steps' fate.
         last_kept = int(block.step[-1]) if bad is not None and len(block) else None
         points += [p for p in extra if last_kept is None or p.step <= last_kept]
-        if bad is not None:
+        if found is not None and bad is not None:
             step, epoch, wall = int(block.step[bad]), int(block.epoch[bad]), block.wall_time[bad]
-            loss, norm = float(block.loss[bad]), float(block.grad_norm[bad])
-            self.divergence = (step, "loss" if not np.isfinite(loss) else "grad_norm")
-            self.last_loss = loss
+            self.divergence = (step, found[1])
+            self.last_loss = float(block["loss"][bad])
             if not block.logged[bad]:
                 points += [
-                    MetricPoint("loss", step, epoch, loss, float(wall)),
-                    MetricPoint("grad_norm", step, epoch, norm, float(wall)),
+                    MetricPoint(c.name, step, epoch, float(block[c.name][bad]), float(wall))
+                    for c in step_columns.COLUMNS
+                    if c.divergence
                 ]
         elif epoch_end is not None:
             loss_sum, correct, seen = self._epoch
@@ -107,15 +109,16 @@ class RunProgress:
     def _note_steps(self, block: StepBlock) -> None:
         if not len(block):
             return
-        self._epoch[0] += float(np.dot(block.loss, block.samples))
-        self._epoch[1] += float(block.correct.sum())
+        self._epoch[0] += float(np.dot(block["loss"], block.samples))
+        self._epoch[1] += float(block["correct"].sum())
         self._epoch[2] += int(block.samples.sum())
         self.samples += int(block.samples.sum())
-        fractions = block.clip_fraction[block.logged]
+        fractions = block["clip_fraction"][block.logged]
         self.logged_steps += len(fractions)
         self.clipped_steps += int((fractions > 0).sum())
         self.clip_fraction_sum += float(np.nansum(fractions))
-        norms = np.where(np.isfinite(block.grad_norm), block.grad_norm, -np.inf)
+        grad_norm = block["grad_norm"]
+        norms = np.where(np.isfinite(grad_norm), grad_norm, -np.inf)
         k = int(np.argmax(norms))
         if np.isfinite(norms[k]) and (self.max_norm is None or norms[k] > self.max_norm[0]):
             self.max_norm = (float(norms[k]), int(block.step[k]))

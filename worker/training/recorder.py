@@ -15,12 +15,13 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from worker.training import step_columns
 from worker.training.clipping import ClipStats, decode
 from worker.training.config import ClippingConfig
 from worker.training.result import MetricPoint
+from worker.training.step_columns import StepOutputs, decode_columns, solo_row
 
-# Emitted for every logged step, followed by ``grad_norm/<layer>`` for each linear layer.
-STEP_METRICS = ("loss", "grad_norm", "grad_norm_clipped", "clip_fraction", "learning_rate")
+Meta = tuple[int, int, float, int, float, bool]  # step, epoch, wall time, samples, lr, logged
 
 
 @dataclass
@@ -31,30 +32,36 @@ class StepBlock:
     epoch: np.ndarray  # int64
     wall_time: np.ndarray  # float64 unix seconds
     samples: np.ndarray  # int64, batch size of the step
-    learning_rate: np.ndarray  # float64
     logged: np.ndarray  # bool: does this step emit metric points?
-    loss: np.ndarray  # float64 mini-batch loss
-    correct: np.ndarray  # float64 correctly classified samples of the mini-batch
-    grad_norm: np.ndarray  # float64, before clipping
-    grad_norm_clipped: np.ndarray  # float64 (NaN where not measured)
-    clip_fraction: np.ndarray  # float64 (NaN where not measured)
+    values: dict[str, np.ndarray]  # float64 per ``step_columns.COLUMNS`` entry, by name
     layer_norms: np.ndarray  # [n_steps, n_layers] float64
 
     def __len__(self) -> int:
         return len(self.step)
 
+    def __getitem__(self, name: str) -> np.ndarray:
+        """A step column's values (``block["loss"]``)."""
+        return self.values[name]
+
     def head(self, n: int) -> StepBlock:
         """The first ``n`` steps."""
-        return StepBlock(**{f.name: getattr(self, f.name)[:n] for f in fields(self)})
+        out = {f.name: getattr(self, f.name)[:n] for f in fields(self) if f.name != "values"}
+        return StepBlock(**out, values={k: v[:n] for k, v in self.values.items()})
 
-    def first_non_finite(self) -> int | None:
-        """Index of the first step whose loss or gradient norm is NaN or infinite."""
-        bad = ~(np.isfinite(self.loss) & np.isfinite(self.grad_norm))
-        return int(np.argmax(bad)) if bad.any() else None
+    def first_non_finite(self) -> tuple[int, str] | None:
+        """The first step with a non-finite divergence column, and that column's name (the
+        first such in declaration order)."""
+        names = [c.name for c in step_columns.COLUMNS if c.divergence]
+        finite = np.stack([np.isfinite(self.values[n]) for n in names])
+        bad = ~finite.all(axis=0)
+        if not bad.any():
+            return None
+        k = int(np.argmax(bad))
+        return k, names[int(np.argmin(finite[:, k]))]
 
 
 class StepRecorder:
-    """Collects one device row per step: ``[loss, correct, *ClipStats.tensors()]``."""
+    """Collects one device row per step (``step_columns.solo_row``) and decodes them."""
 
     def __init__(
         self,
@@ -64,12 +71,13 @@ class StepRecorder:
         clipping: ClippingConfig,
     ) -> None:
         self.layer_names = layer_names
-        self.metric_names = [*STEP_METRICS, *(f"grad_norm/{n}" for n in layer_names)]
+        self.columns = step_columns.step_metrics()
+        self.metric_names = [*self.columns, *(f"grad_norm/{n}" for n in layer_names)]
         self.clipping = clipping
         self.numels = numels
         self._layer_params = [np.asarray(indices, dtype=np.int64) for indices in layer_params]
         self._rows: list[torch.Tensor] = []
-        self._meta: list[tuple[int, int, float, int, float, bool]] = []
+        self._meta: list[Meta] = []
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -80,22 +88,18 @@ class StepRecorder:
         epoch: int,
         samples: int,
         learning_rate: float,
-        loss: torch.Tensor,
-        correct: torch.Tensor,
+        outputs: StepOutputs,
         stats: ClipStats,
         *,
         logged: bool,
     ) -> None:
         """Append one step (no host-device sync: one ``stack`` kernel)."""
-        self._rows.append(torch.stack([loss, correct, *stats.tensors()]))
+        self._rows.append(solo_row(outputs, stats))
         self._meta.append((step, epoch, time.time(), samples, learning_rate, logged))
 
-    def record_rows(
-        self, rows: list[torch.Tensor], meta: list[tuple[int, int, float, int, float, bool]]
-    ) -> None:
-        """Append steps measured elsewhere (a member's share of a fused step): one row
-        ``[loss, correct, *ClipStats.tensors()]`` and one ``(step, epoch, wall_time, samples,
-        learning_rate, logged)`` per step."""
+    def record_rows(self, rows: list[torch.Tensor], meta: list[Meta]) -> None:
+        """Append steps measured elsewhere (a member's share of a fused step): one row laid out
+        as ``solo_row``'s and one ``Meta`` per step."""
         self._rows.extend(rows)
         self._meta.extend(meta)
 
@@ -105,21 +109,20 @@ class StepRecorder:
         self._rows, self._meta = [], []
         n = len(rows)
         logged = np.array([m[5] for m in meta], dtype=bool)
-        loss, correct = np.empty(n), np.empty(n)
-        grad_norm, clipped, fraction = np.empty(n), np.empty(n), np.empty(n)
+        learning_rate = np.array([m[4] for m in meta], dtype=np.float64)
+        values = {c.name: np.empty(n) for c in step_columns.COLUMNS}
         layer_norms = np.empty((n, len(self.layer_names)))
+        n_device = len(step_columns.device_columns())
         # In value mode measured (logged) rows are wider than the others: decode each group.
         measured_group = logged if self.clipping.mode == "value" else np.ones(n, dtype=bool)
         for measured in (True, False):
             where = np.flatnonzero(measured_group == measured)
             if not len(where):
                 continue
-            values = torch.stack([rows[k] for k in where]).to("cpu", torch.float64).numpy()
-            loss[where], correct[where] = values[:, 0], values[:, 1]
-            clip = decode(values[:, 2:], self.clipping, self.numels, measured=measured)
-            grad_norm[where] = clip.grad_norm
-            clipped[where] = clip.grad_norm_clipped
-            fraction[where] = clip.clip_fraction
+            raw = torch.stack([rows[k] for k in where]).to("cpu", torch.float64).numpy()
+            clip = decode(raw[:, n_device:], self.clipping, self.numels, measured=measured)
+            for name, column in decode_columns(raw, clip, learning_rate[where]).items():
+                values[name][where] = column
             # A layer's norm: the root of the sum of its parameters' squared norms.
             squares = np.square(clip.param_norms)
             for li, indices in enumerate(self._layer_params):
@@ -129,13 +132,8 @@ class StepRecorder:
             epoch=np.array([m[1] for m in meta], dtype=np.int64),
             wall_time=np.array([m[2] for m in meta], dtype=np.float64),
             samples=np.array([m[3] for m in meta], dtype=np.int64),
-            learning_rate=np.array([m[4] for m in meta], dtype=np.float64),
             logged=logged,
-            loss=loss,
-            correct=correct,
-            grad_norm=grad_norm,
-            grad_norm_clipped=clipped,
-            clip_fraction=fraction,
+            values=values,
             layer_norms=layer_norms,
         )
 
@@ -143,14 +141,7 @@ class StepRecorder:
         """All metric points of the block's logged steps, step by step."""
         where = np.flatnonzero(block.logged)
         columns = np.column_stack(
-            [
-                block.loss[where],
-                block.grad_norm[where],
-                block.grad_norm_clipped[where],
-                block.clip_fraction[where],
-                block.learning_rate[where],
-                block.layer_norms[where],
-            ]
+            [*(block[name][where] for name in self.columns), block.layer_norms[where]]
         )
         names = self.metric_names
         out: list[MetricPoint] = []

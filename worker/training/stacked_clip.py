@@ -17,10 +17,11 @@ import torch
 from worker.training.clipping import NORM_EPS
 from worker.training.config import ClippingConfig
 from worker.training.stacked_bn import member_hyper, member_view
+from worker.training.step_columns import device_columns
 
 
 class ClipColumns:
-    """The column layout of a group's clipping statistics (after ``loss`` and ``correct``)."""
+    """The column layout of a group's clipping statistics (after the device columns)."""
 
     def __init__(self, configs: Sequence[ClippingConfig], n_params: int) -> None:
         self.configs = list(configs)
@@ -32,15 +33,16 @@ class ClipColumns:
         self.width = n_params + extra
 
     def member_columns(self, config: ClippingConfig, measured: bool) -> np.ndarray:
-        """Indices (into a full row, ``loss`` and ``correct`` first) of a solo recorder's row."""
-        p = self.p
-        norms = list(range(2, 2 + p))
+        """Indices (into a full row: the device columns, then this block) of a solo
+        recorder's row."""
+        p, d = self.p, len(device_columns())
+        head = list(range(d + p))  # the device columns and the per-parameter norms
         if config.mode == "norm":
-            return np.array([0, 1, *norms, 2 + p])
+            return np.array([*head, d + p])
         if config.mode == "value" and measured:
-            after = 2 + p + (1 if self.has_norm else 0)
-            return np.array([0, 1, *norms, *range(after, after + 2 * p)])
-        return np.array([0, 1, *norms])
+            after = d + p + (1 if self.has_norm else 0)
+            return np.array([*head, *range(after, after + 2 * p)])
+        return np.array(head)
 
 
 class StackedClipper:
