@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from app.core.config import staged_path
 from app.db.lifecycle import Lease
 from worker import metric_writer
 from worker.training.result import MetricPoint
@@ -112,7 +113,7 @@ class MetricSink:
         of the stored metrics (a crash leaves the previous one, whose later points a resumed
         attempt drops)."""
         self._checkpoint = checkpoint
-        self._staging = checkpoint.with_name(checkpoint.name + ".staged")
+        self._staging = staged_path(checkpoint)
         return self._staging
 
     def before_checkpoint(self) -> None:

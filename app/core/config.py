@@ -122,6 +122,17 @@ class Settings(BaseSettings):
     def checkpoint_path(self, experiment_id: object) -> Path:
         return self.artifacts_dir / "checkpoints" / f"{experiment_id}.safetensors"
 
+    def delete_checkpoint(self, experiment_id: object) -> None:
+        """The checkpoint and any staged one a killed job left (``worker.sink``)."""
+        published = self.checkpoint_path(experiment_id)
+        for path in (published, staged_path(published)):
+            path.unlink(missing_ok=True)
+
+
+def staged_path(checkpoint: Path) -> Path:
+    """Where a job writes a checkpoint before its points are stored (see ``worker.sink``)."""
+    return checkpoint.with_name(checkpoint.name + ".staged")
+
 
 @lru_cache
 def get_settings() -> Settings:

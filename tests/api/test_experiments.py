@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from app.core.config import Settings
+from app.core.config import Settings, staged_path
 from app.db.models import Experiment, MetricPoint
 from app.db.session import session_scope
 from tests.api.helpers import API, FakeDispatcher, claim, finish, insert, submit
@@ -318,6 +318,8 @@ def test_delete_finished_removes_it_its_metrics_and_checkpoint(
     checkpoint = settings.checkpoint_path(gone["id"])
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"weights")
+    staged = staged_path(checkpoint)  # left by a job killed before it could publish it
+    staged.write_bytes(b"newer weights")
     assert count_rows(settings, MetricPoint) == 10
 
     response = client.delete(f"{API}/experiments/{gone['id']}")
@@ -327,7 +329,7 @@ def test_delete_finished_removes_it_its_metrics_and_checkpoint(
     assert client.get(f"{API}/experiments/{gone['id']}/metrics").status_code == 404
     assert count_rows(settings, MetricPoint) == 5  # only the other experiment's points remain
     assert count_rows(settings, Experiment) == 1
-    assert not checkpoint.exists()
+    assert not checkpoint.exists() and not staged.exists()
     assert client.get(f"{API}/experiments", params={"tag": "x"}).json()["items"] == []
     assert client.delete(f"{API}/experiments/{gone['id']}").status_code == 404
 

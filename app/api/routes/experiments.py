@@ -205,7 +205,7 @@ def delete_experiment(access: ExperimentDep) -> Response:
             experiments.delete_finished(session, access.id)
         except experiments.InvalidTransitionError as exc:
             raise HTTPException(409, str(exc)) from exc
-    access.caller.settings.checkpoint_path(access.id).unlink(missing_ok=True)
+    access.caller.settings.delete_checkpoint(access.id)
     return Response(status_code=204)
 
 

@@ -162,5 +162,5 @@ def delete_study(access: StudyDep) -> Response:
         except studies.StudyActiveError as exc:
             raise HTTPException(409, str(exc)) from exc
     for member_id in ids:
-        access.caller.settings.checkpoint_path(member_id).unlink(missing_ok=True)
+        access.caller.settings.delete_checkpoint(member_id)
     return Response(status_code=204)
