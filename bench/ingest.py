@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.* from a plain run
 
 from app.db import experiments, lifecycle
 from app.db.lifecycle import Lease
