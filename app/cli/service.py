@@ -23,6 +23,7 @@ from app.db.migrate import SchemaNotMigratedError, check_migrated, upgrade
 from app.db.session import session_scope
 
 WORKER_APP = "worker.tasks:celery_app"
+EMBEDDED_WORKER_STOP_S = 60.0  # serve waits this long for its worker to stop, then kills it
 # Lines an API process logs that say nothing an operator acts on (shown with --verbose):
 # alembic's per-process migration check, kombu's "No hostname was supplied" for the embedded
 # filesystem queue.
@@ -226,7 +227,9 @@ def serve(host: str, port: int, workers: int = 2, access_log: bool = True) -> No
         if embedded_worker is not None:
             embedded_worker.send_signal(signal.SIGTERM)
             try:
-                embedded_worker.wait(timeout=15)
+                # A running job checkpoints and hands back first; on a busy machine that took
+                # longer than 15 s, and a worker killed mid-way logs its job's death as an error.
+                embedded_worker.wait(timeout=EMBEDDED_WORKER_STOP_S)
             except subprocess.TimeoutExpired:
                 embedded_worker.kill()
         if counters is not None:

@@ -190,6 +190,22 @@ def test_sigterm_hands_back_and_another_worker_resumes(stack: Stack) -> None:
     assert_gapless(stack.client, done)
 
 
+def test_a_worker_past_its_first_job_still_hands_back_cleanly(stack: Stack) -> None:
+    # Its second job runs in a child forked by the pool's supervisor thread (one job per child),
+    # whose end at shutdown used to SIGKILL that child mid hand-back.
+    worker = stack.worker("seasoned")
+    first = stack.submit({**LONG, "training": {"epochs": 1, "batch_size": 64}})
+    assert wait_status(stack.client, first, TERMINAL)["status"] == "succeeded"
+    second = stack.submit(LONG)
+    stack.wait_epochs(second, 1)
+    os.kill(worker.proc.pid, signal.SIGTERM)
+    worker.proc.wait(timeout=HANG_S)
+    log = worker.log.read_text()
+    assert f"experiment {second} handed back" in log, log[-3000:]
+    assert "ERROR" not in log, log[-3000:]
+    assert stack.get(second)["status"] == "queued"
+
+
 def test_cancel_in_every_state(stack: Stack) -> None:
     queued = stack.submit(LONG)  # no worker: stays queued
     response = stack.client.post(f"/api/v1/experiments/{queued}/cancel")
