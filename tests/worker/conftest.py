@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from app.core.config import Settings
 from app.db.migrate import upgrade
+from worker import shutdown
 
 
 @pytest.fixture
@@ -21,3 +24,13 @@ def settings(tmp_path: Path) -> Settings:
     )
     upgrade(s.database_url)
     return s
+
+
+@pytest.fixture(autouse=True)
+def _restore_signals() -> Iterator[None]:
+    """Jobs run in the test's process install their shutdown handlers: put them back."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR2)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+    shutdown.requested.clear()

@@ -36,17 +36,6 @@ def losses(settings: Settings, experiment_id: uuid.UUID) -> list[float]:
     return [p.value for p in points]
 
 
-@pytest.fixture(autouse=True)
-def _restore_signals() -> Any:
-    import signal
-
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR2)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
-    shutdown.requested.clear()
-
-
 def test_a_group_records_each_member_as_its_solo_run(settings: Settings) -> None:
     bodies = [member(0.05, seed=1), member(0.1, seed=2), member(0.2, seed=1)]
     ids = [create(settings, b) for b in bodies]

@@ -55,17 +55,6 @@ def run(
     return execute(experiment_id, settings=settings, worker_name=worker, dispatcher=lambda: fake)
 
 
-@pytest.fixture(autouse=True)
-def _restore_signals() -> Any:
-    import signal
-
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR2)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
-    shutdown.requested.clear()
-
-
 def test_success_is_recorded_with_every_step(settings: Settings) -> None:
     experiment_id = create(settings)
     assert run(settings, experiment_id) == "succeeded"
