@@ -2,6 +2,7 @@
 
     python3 bench/ingest.py --database-url postgresql+psycopg://postgres@127.0.0.1/normlab_bench
     python3 bench/ingest.py --database-url ... --tracking-cost   # worker vs `normlab train`
+    python3 bench/ingest.py --database-url ... --write-cpu       # CPU µs a point, off training
 
 Creates (and drops) its experiments in that database; migrates it first.
 """
@@ -9,6 +10,7 @@ Creates (and drops) its experiments in that database; migrates it first.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -17,6 +19,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.* from a plain run
+
+from sqlalchemy import text
 
 from app.db import experiments, lifecycle
 from app.db.lifecycle import Lease
@@ -68,6 +72,52 @@ def bench_ingest(url: str, config: ExperimentConfig, steps: int, names: int) -> 
     return steps * names / elapsed
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (/proc/<pid>/stat), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def backends(url: str) -> set[int]:
+    """The client backends of the database (the bench's own pool included)."""
+    with session_scope(url) as session:
+        return set(session.scalars(text(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND backend_type = 'client backend'")))
+
+
+def bench_write_cpu(url: str, config: ExperimentConfig, steps: int, names: int,
+                    rate: float) -> tuple[float, float, float]:
+    """CPU time a point costs outside training: the writer process's and its Postgres backend's
+    (µs a point), and the wall seconds. Points come one step (``names`` points) at a time at
+    ``rate`` steps/s, as a training loop logging every step sends them: the writer's batches
+    are then as large as a real run's. CPU time, unlike wall time, holds under load."""
+    lease = new_experiment(url, config)
+    before = backends(url)
+    sink = MetricSink(url, lease, flush_every_s=1.0)
+    now = time.time()
+    sink.put([MetricPoint(f"metric_{n}", 0, 1, 0.0, now) for n in range(names)])
+    sink.wait_written()  # the writer's connection is open: its backend can be found
+    (backend,) = backends(url) - before
+    writer_cpu, backend_cpu = cpu_seconds(sink._writer_pid), cpu_seconds(backend)
+    started = time.perf_counter()
+    for s in range(1, steps + 1):
+        sink.put([MetricPoint(f"metric_{n}", s, 1, float(s * n) / 7, now + s / rate)
+                  for n in range(names)])
+        pause = started + s / rate - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+    sink.wait_written()
+    elapsed = time.perf_counter() - started
+    writer_cpu = cpu_seconds(sink._writer_pid) - writer_cpu
+    backend_cpu = cpu_seconds(backend) - backend_cpu
+    sink.close()
+    assert sink.points_written == (steps + 1) * names, sink.points_written
+    drop(url, lease)
+    points = steps * names
+    return writer_cpu / points * 1e6, backend_cpu / points * 1e6, elapsed
+
+
 def bench_training(url: str, config: ExperimentConfig, repeats: int) -> tuple[float, float]:
     data = load_dataset(config.dataset, seed=config.training.seed)
     device = torch.device("cpu")
@@ -97,6 +147,10 @@ def main() -> None:
                         help="Runs per side (--tracking-cost: alternating pairs per case)")
     parser.add_argument("--tracking-cost", action="store_true",
                         help="What tracking costs the engine (bench/tracking.py), then exit")
+    parser.add_argument("--write-cpu", action="store_true",
+                        help="CPU µs a point of the writer process and its backend, then exit")
+    parser.add_argument("--rate", type=float, default=1000.0,
+                        help="--write-cpu: steps a second put into the sink")
     args = parser.parse_args()
     upgrade(args.database_url)
     if args.tracking_cost:
@@ -113,6 +167,20 @@ def main() -> None:
         },
         "geron-bn",
     )
+
+    if args.write_cpu:
+        runs = [bench_write_cpu(args.database_url, config, args.steps, args.names, args.rate)
+                for _ in range(args.repeats)]
+        for writer, backend, elapsed in runs:
+            print(f"  writer {writer:.2f} µs/point, backend {backend:.2f} µs/point "
+                  f"({elapsed:.1f} s)")
+        writer = statistics.median(r[0] for r in runs)
+        backend = statistics.median(r[1] for r in runs)
+        print(f"write CPU ({args.steps * args.names:,} points, {args.names} a step, "
+              f"{args.rate:g} steps/s; medians of {args.repeats}): writer {writer:.2f} µs/point, "
+              f"backend {backend:.2f} µs/point, together {writer + backend:.2f}; "
+              f"load average {os.getloadavg()[0]:.1f}")
+        return
 
     rate = bench_ingest(args.database_url, config, args.steps, args.names)
     print(f"sink ingest: {args.steps * args.names:,} points at {rate:,.0f} points/s")

@@ -23,6 +23,7 @@ import signal
 import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
+from typing import Any
 
 from app.core import telemetry
 from app.db import lifecycle, metrics
@@ -47,9 +48,20 @@ def encode(points: Sequence[MetricPoint]) -> bytes:
     return pickle.dumps(tuple(zip(*points, strict=True)), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def decode(payload: bytes) -> list[MetricPoint]:
-    """The points ``encode`` was given, in their order."""
-    return list(map(MetricPoint._make, zip(*pickle.loads(payload), strict=True)))
+# A batch as (name, step, epoch, value, wall_time) columns, as ``encode`` sends it.
+Batch = tuple[list[str], list[int], list[int], list[float], list[float]]
+
+
+def empty() -> Batch:
+    return [], [], [], [], []
+
+
+def decode(payload: bytes, into: Batch) -> None:
+    """Append the points ``encode`` was given, in their order, to the columns ``into``: kept as
+    columns down to the store, with no object a point (``metrics.insert_columns``)."""
+    columns: tuple[list[Any], ...] = into
+    for column, part in zip(columns, pickle.loads(payload), strict=True):
+        column.extend(part)
 
 
 def _die_with_parent() -> None:
@@ -58,18 +70,18 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def write(database_url: str, lease: Lease, batch: list[MetricPoint]) -> str:
+def write(database_url: str, lease: Lease, batch: Batch) -> str:
     started = time.perf_counter()
     with session_scope(database_url) as session:
         # The heartbeat goes first: if the lease is lost, nothing of this batch is written.
         status = lifecycle.heartbeat(session, lease)
         if status is None:
             raise LeaseLostError
-        metrics.insert_points(session, lease.experiment_id, batch)
+        metrics.insert_columns(session, lease.experiment_id, *batch)
     # Operators' metrics (GET /metrics): committed points and the write's latency.
     counted = telemetry.instruments()
     counted.sink_write_seconds.observe(time.perf_counter() - started)
-    counted.points_written.inc(len(batch))
+    counted.points_written.inc(len(batch[0]))
     return status
 
 
@@ -82,10 +94,10 @@ def run(connection: Connection, database_url: str, lease: Lease, flush_every_s: 
         signal.signal(signum, signal.SIG_IGN)  # the job process decides when writing ends
     written, closing = 0, False
     while not closing:
-        batch: list[MetricPoint] = []
+        batch = empty()
         # Nothing for a flush interval: an empty write still renews the heartbeat.
         ready = connection.poll(flush_every_s)
-        while ready and len(batch) < MAX_COALESCED_POINTS:
+        while ready and len(batch[0]) < MAX_COALESCED_POINTS:
             try:
                 payload = connection.recv_bytes()
             except (EOFError, OSError):  # the job process is gone: write nothing more
@@ -93,7 +105,7 @@ def run(connection: Connection, database_url: str, lease: Lease, flush_every_s: 
             if not payload:
                 closing = True
                 break
-            batch += decode(payload)
+            decode(payload, batch)
             ready = connection.poll(0)
         try:
             status = with_retry(functools.partial(write, database_url, lease, batch),
@@ -104,6 +116,6 @@ def run(connection: Connection, database_url: str, lease: Lease, flush_every_s: 
         except LeaseLostError:
             connection.send(("lost",))
             return
-        written += len(batch)
+        written += len(batch[0])
         connection.send(("written", written, status))
     connection.send(("closed", written))

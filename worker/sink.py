@@ -12,9 +12,9 @@ stops training at once. Checkpoints are staged and published by the sink once th
 written (``staged``), so an epoch end never waits for the database.
 
 In the training process two threads remain: one pickles pending points into the pipe (as
-columns, ``metric_writer.encode``: ≈ 0.4 µs a point), one reads the writer's replies (one per
-write). Profiled in a real job process (py-spy, the worst case of docs/benchmarks.md) they hold
-≈ 1–2% of the training thread's samples.
+columns, ``metric_writer.encode``: ≈ 0.4 µs a point) at most every ``SEND_EVERY_S``, one
+reads the writer's replies (one per write). Profiled in a real job process (py-spy, the worst
+case of docs/benchmarks.md) they hold ≈ 1–2% of the training thread's samples.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,14 @@ from worker.training.result import MetricPoint
 
 log = logging.getLogger(__name__)
 LeaseLostError = metric_writer.LeaseLostError
+# Points wait this long at most before they go to the writer, all in one batch (one message,
+# one transaction): a run logging every step puts a few points a millisecond, and a write each
+# cost the writer and its Postgres backend ≈ 120 µs of CPU a point, ≈ 28 µs at one write per
+# 0.2 s (bench/ingest.py --write-cpu, docs/benchmarks.md), CPU taken from a training that uses
+# every core. Readers see points that much later; a caller waiting for its points (a checkpoint
+# barrier, close) does not wait for it.
+SEND_EVERY_S = 0.2
+SEND_AT_POINTS = 100_000  # or as soon as this many are pending
 
 
 class MetricSink:
@@ -55,6 +64,7 @@ class MetricSink:
         self._pending: list[MetricPoint] = []
         self._cond = threading.Condition()
         self._closing = False
+        self._hurry = False  # someone waits for points written: send what is pending now
         self._cancel = threading.Event()
         self.lease_lost = False
         self.error: str | None = None
@@ -91,9 +101,11 @@ class MetricSink:
             while (self._points_put - self.points_written >= self.max_buffered_points
                    and self._alive()):
                 self._cond.wait(0.1)
+            idle = not self._pending  # else the sender is waiting out SEND_EVERY_S already
             self._pending.extend(points)
             self._points_put += len(points)
-            self._cond.notify_all()
+            if idle or len(self._pending) >= SEND_AT_POINTS:
+                self._cond.notify_all()
 
     def wait_written(self) -> None:
         """Block until every point put so far is in the database (a checkpoint barrier: a
@@ -102,6 +114,9 @@ class MetricSink:
 
     def _wait_for(self, target: int) -> None:
         with self._cond:
+            if self.points_written < target:
+                self._hurry = True
+                self._cond.notify_all()
             while self.points_written < target and self._alive() and self._receiver.is_alive():
                 self._cond.wait(0.05)
 
@@ -167,15 +182,22 @@ class MetricSink:
 
     # ---- the sender thread: pending points → the pipe
     def _send(self) -> None:
+        not_before = 0.0
         while True:
             with self._cond:
-                while not self._pending and not self._closing:
-                    self._cond.wait()
+                while not self._closing:
+                    left = not_before - time.monotonic()
+                    if self._pending and (left <= 0 or self._hurry
+                                          or len(self._pending) >= SEND_AT_POINTS):
+                        break
+                    self._cond.wait(left if self._pending else None)
                 batch, self._pending = self._pending, []
+                self._hurry = False
                 closing = self._closing
             try:
                 if batch and self._alive():
                     self._connection.send_bytes(metric_writer.encode(batch))
+                    not_before = time.monotonic() + SEND_EVERY_S
                 if closing:
                     self._connection.send_bytes(b"")
                     return

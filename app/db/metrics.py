@@ -10,15 +10,23 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
+import numpy as np
 from sqlalchemy.orm import Session
 
-from app.db.metric_store.interface import NameSummary, Row, RowPage, UnknownExperimentError
+from app.db.metric_store.interface import (
+    Columns,
+    NameSummary,
+    Row,
+    RowPage,
+    UnknownExperimentError,
+)
 from app.db.models import FINITE, NAN, NEG_INF, POS_INF
 from app.db.session import metric_store
 from worker.training.result import MetricPoint as EnginePoint
 
 __all__ = ["NameSummary", "PointRow", "Row", "RowPage", "UnknownExperimentError", "decode_value",
-           "encode_value", "insert_points", "names", "read_page", "read_row_page", "read_rows"]
+           "encode_value", "insert_columns", "insert_points", "names", "read_page",
+           "read_row_page", "read_rows"]
 
 _KIND_VALUES = {NAN: math.nan, POS_INF: math.inf, NEG_INF: -math.inf}
 
@@ -45,6 +53,26 @@ def insert_points(session: Session, experiment_id: uuid.UUID, points: Iterable[E
     if rows:
         metric_store(session).write(session, experiment_id, rows)
     return len(rows)
+
+
+def insert_columns(session: Session, experiment_id: uuid.UUID, name: Sequence[str],
+                   step: Sequence[int], epoch: Sequence[int], value: Sequence[float],
+                   wall_time: Sequence[float]) -> int:
+    """``insert_points`` for points given column by column (the metric writer's form): no
+    Python object a point on the way to the store. Values as the engine gave them, NaN and
+    ±inf included (stored as ``encode_value`` says); every column must be complete (the
+    engine's points are)."""
+    if not name:
+        return 0
+    raw = np.array(value, np.float64)
+    finite = np.isfinite(raw)
+    kind = np.where(finite, FINITE, np.where(np.isnan(raw), NAN,
+                                             np.where(raw > 0, POS_INF, NEG_INF)))
+    columns = Columns(list(name), np.array(step, np.int64), np.array(epoch, np.int64),
+                      np.where(finite, raw, np.nan), kind.astype(np.int16),
+                      np.array(wall_time, np.float64))
+    metric_store(session).write_columns(session, experiment_id, columns)
+    return len(name)
 
 
 class PointRow(NamedTuple):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
+from collections.abc import Callable
 
 import pytest
 from sqlalchemy import func, select
@@ -15,10 +16,12 @@ from sqlalchemy.orm import Session
 from app.api.routes.metrics import page_json
 from app.api.schemas import MetricPage, MetricPointOut
 from app.db import experiments, metrics
-from app.db.metric_store.postgres import PostgresMetricStore
+from app.db.metric_store import postgres
+from app.db.metric_store.interface import Columns
 from app.db.models import MetricPoint as MetricRow
 from worker.training.result import MetricPoint
 
+Inserter = Callable[[Session, uuid.UUID, list[MetricPoint]], int]
 ODD = [0.5, math.nan, math.inf, -math.inf, -0.0, 1e-300, 1e300, 0.25]
 
 
@@ -45,60 +48,71 @@ def count(session: Session, experiment_id: uuid.UUID) -> int:
 
 
 def test_postgres_goes_through_copy(session: Session, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[int] = []
-    original = PostgresMetricStore.write
+    calls: list[str] = []
+    original = postgres._copy_in
 
-    def spy(self: PostgresMetricStore, session: Session, experiment_id: uuid.UUID,
-            rows: list[metrics.Row]) -> None:
-        calls.append(len(rows))
-        original(self, session, experiment_id, rows)
+    def spy(cursor: object, statement: str, batch: Columns | list[metrics.Row],
+            experiment_id: uuid.UUID | None = None) -> None:
+        calls.append(type(batch).__name__)
+        original(cursor, statement, batch, experiment_id)
 
-    monkeypatch.setattr(PostgresMetricStore, "write", spy)
+    monkeypatch.setattr(postgres, "_copy_in", spy)
     experiment_id = new_experiment(session)
     metrics.insert_points(session, experiment_id, [MetricPoint("loss", 1, 1, 0.5, 1.0)])
+    metrics.insert_columns(session, experiment_id, ["loss"], [2], [1], [0.5], [1.0])
     session.commit()
-    postgres = session.get_bind().dialect.name == "postgresql"
-    assert calls == ([1] if postgres else [])
-    assert count(session, experiment_id) == 1
+    on_postgres = session.get_bind().dialect.name == "postgresql"
+    # Rows through psycopg's adapters, the metric writer's columns as numpy-built COPY data.
+    assert calls == (["list", "Columns"] if on_postgres else [])
+    assert count(session, experiment_id) == 2
 
 
-def test_non_finite_values_survive(session: Session) -> None:
+@pytest.fixture(params=["points", "columns"])
+def insert(request: pytest.FixtureRequest) -> Inserter:
+    """``insert_points``, or the same points as the metric writer's columns."""
+    if request.param == "points":
+        return metrics.insert_points
+    return lambda session, experiment_id, points: metrics.insert_columns(
+        session, experiment_id, *zip(*points, strict=True))
+
+
+def test_non_finite_values_survive(session: Session, insert: Inserter) -> None:
     experiment_id = new_experiment(session)
     points = [MetricPoint("loss", step, 1, v, 10.0 + step) for step, v in enumerate(ODD)]
-    assert metrics.insert_points(session, experiment_id, points) == len(points)
+    assert insert(session, experiment_id, points) == len(points)
     session.commit()
     assert same(stored(session, experiment_id), [("loss", p.step, p.value) for p in points])
 
 
-def test_a_retried_batch_changes_nothing(session: Session) -> None:
+def test_a_retried_batch_changes_nothing(session: Session, insert: Inserter) -> None:
     experiment_id = new_experiment(session)
     batch = [MetricPoint(name, step, 1, step + 0.5, 1.0) for step in range(1, 50)
              for name in ("a", "b")]
-    metrics.insert_points(session, experiment_id, batch)
+    insert(session, experiment_id, batch)
     session.commit()
     before = stored(session, experiment_id)
     # The same batch again, with other values: the stored points win.
-    metrics.insert_points(session, experiment_id, [p._replace(value=-1.0) for p in batch])
+    insert(session, experiment_id, [p._replace(value=-1.0) for p in batch])
     session.commit()
     assert stored(session, experiment_id) == before
 
 
-def test_an_overlapping_batch_adds_only_the_new_points(session: Session) -> None:
+def test_an_overlapping_batch_adds_only_the_new_points(session: Session, insert: Inserter) -> None:
     experiment_id = new_experiment(session)
-    metrics.insert_points(session, experiment_id,
+    insert(session, experiment_id,
                           [MetricPoint("a", s, 1, float(s), 1.0) for s in range(1, 11)])
     session.commit()
     # A resumed run replays steps 6-10 (other values) and goes on to 15.
-    metrics.insert_points(session, experiment_id,
+    insert(session, experiment_id,
                           [MetricPoint("a", s, 1, -float(s), 1.0) for s in range(6, 16)])
     session.commit()
     assert [v for _, _, v in stored(session, experiment_id)] == [
         *(float(s) for s in range(1, 11)), *(-float(s) for s in range(11, 16))]
 
 
-def test_duplicates_in_one_batch_keep_the_first(session: Session) -> None:
+def test_duplicates_in_one_batch_keep_the_first(session: Session, insert: Inserter) -> None:
     experiment_id = new_experiment(session)
-    metrics.insert_points(session, experiment_id, [
+    insert(session, experiment_id, [
         MetricPoint("a", 1, 1, 1.0, 1.0), MetricPoint("a", 2, 1, 2.0, 1.0),
         MetricPoint("a", 1, 1, 9.0, 1.0), MetricPoint("b", 1, 1, 3.0, 1.0),
     ])
@@ -106,19 +120,19 @@ def test_duplicates_in_one_batch_keep_the_first(session: Session) -> None:
     assert stored(session, experiment_id) == [("a", 1, 1.0), ("b", 1, 3.0), ("a", 2, 2.0)]
 
 
-def test_several_batches_in_one_transaction_stay_apart(session: Session) -> None:
+def test_several_batches_in_one_transaction_stay_apart(session: Session, insert: Inserter) -> None:
     """The staging table is per connection: a second batch must not see the first's rows."""
     a, b = new_experiment(session), new_experiment(session)
-    metrics.insert_points(session, a, [MetricPoint("x", s, 1, 1.0, 1.0) for s in range(1, 4)])
-    metrics.insert_points(session, b, [MetricPoint("x", 7, 1, 2.0, 1.0)])
-    metrics.insert_points(session, a, [MetricPoint("y", 1, 1, 3.0, 1.0)])
+    insert(session, a, [MetricPoint("x", s, 1, 1.0, 1.0) for s in range(1, 4)])
+    insert(session, b, [MetricPoint("x", 7, 1, 2.0, 1.0)])
+    insert(session, a, [MetricPoint("y", 1, 1, 3.0, 1.0)])
     session.commit()
     assert stored(session, a) == [("x", 1, 1.0), ("y", 1, 3.0), ("x", 2, 1.0), ("x", 3, 1.0)]
     assert stored(session, b) == [("x", 7, 2.0)]
     # Overlapping batches (the staging path on Postgres), several in one transaction.
-    metrics.insert_points(session, a, [MetricPoint("x", s, 1, 5.0, 1.0) for s in range(2, 6)])
-    metrics.insert_points(session, b, [MetricPoint("x", s, 1, 6.0, 1.0) for s in range(6, 9)])
-    metrics.insert_points(session, a, [MetricPoint("y", 1, 1, 7.0, 1.0)])
+    insert(session, a, [MetricPoint("x", s, 1, 5.0, 1.0) for s in range(2, 6)])
+    insert(session, b, [MetricPoint("x", s, 1, 6.0, 1.0) for s in range(6, 9)])
+    insert(session, a, [MetricPoint("y", 1, 1, 7.0, 1.0)])
     session.commit()
     assert stored(session, a) == [("x", 1, 1.0), ("y", 1, 3.0), ("x", 2, 1.0), ("x", 3, 1.0),
                                   ("x", 4, 5.0), ("x", 5, 5.0)]

@@ -7,13 +7,44 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy.orm import Session
 
 from app.db.bucketing import Bucket
+from app.db.models import FINITE
 
 # A point as stored: (name, step, epoch, value, kind, wall_time); ``value`` is None unless
 # ``kind`` is FINITE (app.db.models).
 Row = tuple[str, int, int, float | None, int, float]
+
+
+class Columns(NamedTuple):
+    """A batch of points as stored, column by column: the metric writer's form, with no Python
+    object a point. ``value`` is NaN where ``kind`` is not FINITE (stored as NULL)."""
+
+    name: list[str]
+    step: npt.NDArray[np.int64]
+    epoch: npt.NDArray[np.int64]
+    value: npt.NDArray[np.float64]
+    kind: npt.NDArray[np.int16]
+    wall_time: npt.NDArray[np.float64]
+
+    @classmethod
+    def of_rows(cls, rows: Sequence[Row]) -> Columns:
+        if not rows:
+            return cls([], np.empty(0, np.int64), np.empty(0, np.int64),
+                       np.empty(0, np.float64), np.empty(0, np.int16), np.empty(0, np.float64))
+        name, step, epoch, value, kind, wall = zip(*rows, strict=True)
+        return cls(list(name), np.array(step, np.int64), np.array(epoch, np.int64),
+                   np.array([np.nan if v is None else v for v in value], np.float64),
+                   np.array(kind, np.int16), np.array(wall, np.float64))
+
+    def rows(self) -> list[Row]:
+        finite = (self.kind == FINITE).tolist()
+        return [(n, s, e, v if f else None, k, w) for n, s, e, v, k, w, f in zip(
+            self.name, self.step.tolist(), self.epoch.tolist(), self.value.tolist(),
+            self.kind.tolist(), self.wall_time.tolist(), finite, strict=True)]
 
 
 class RowPage(NamedTuple):
@@ -51,6 +82,10 @@ class MetricStore(Protocol):
         """Store a batch. The experiment's row is locked first (writers of one experiment take
         turns); no such experiment: ``UnknownExperimentError``, nothing written. A point already
         stored, or named twice in the batch, keeps its first value."""
+
+    def write_columns(self, session: Session, experiment_id: uuid.UUID,
+                      columns: Columns) -> None:
+        """``write`` for a batch given as columns (the metric writer's)."""
 
     def page(self, session: Session, experiment_id: uuid.UUID, *, after_step: int,
              names: Sequence[str] | None, limit: int) -> RowPage:

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, aliased
 
 from app.db.bucketing import Bucket
 from app.db.metric_store.interface import (
+    Columns,
     NameSummary,
     Row,
     RowPage,
@@ -53,6 +54,10 @@ class PortableMetricStore:
              "value": value, "kind": kind, "wall_time": wall_time}
             for name, step, epoch, value, kind, wall_time in first_of_each(rows)
         ])
+
+    def write_columns(self, session: Session, experiment_id: uuid.UUID,
+                      columns: Columns) -> None:
+        self.write(session, experiment_id, columns.rows())
 
     def page(self, session: Session, experiment_id: uuid.UUID, *, after_step: int,
              names: Sequence[str] | None, limit: int) -> RowPage:

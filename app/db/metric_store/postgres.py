@@ -15,8 +15,9 @@ from sqlalchemy.orm import Session
 
 from app.db.bucketing import Bucket
 from app.db.metric_store import postgres_buckets, postgres_rollups
-from app.db.metric_store.interface import Row, UnknownExperimentError
+from app.db.metric_store.interface import Columns, Row, UnknownExperimentError
 from app.db.metric_store.portable import PortableMetricStore
+from app.db.metric_store.postgres_copy import binary_copy
 
 
 @contextmanager
@@ -77,6 +78,20 @@ class PostgresMetricStore(PortableMetricStore):
     deletions of whole experiments are the portable statements."""
 
     def write(self, session: Session, experiment_id: uuid.UUID, rows: list[Row]) -> None:
+        """Rows as any caller gives them go through psycopg's adapters, so that a value the
+        table refuses (a NULL epoch) fails in the database, as SQLAlchemy's error."""
+        if rows:
+            self._write(session, experiment_id, rows, min(r[1] for r in rows),
+                        max(r[1] for r in rows), sorted({r[0] for r in rows}))
+
+    def write_columns(self, session: Session, experiment_id: uuid.UUID,
+                      columns: Columns) -> None:
+        if columns.name:
+            self._write(session, experiment_id, columns, int(columns.step.min()),
+                        int(columns.step.max()), sorted(set(columns.name)))
+
+    def _write(self, session: Session, experiment_id: uuid.UUID, batch: Columns | list[Row],
+               first: int, last: int, names: list[str]) -> None:
         """Binary COPY in the caller's transaction: straight into ``metric_points`` when every
         step is past the experiment's last stored step (a run appending, the usual case), else
         into the staging table and on with ``INSERT … ON CONFLICT DO NOTHING`` (about 30%
@@ -86,29 +101,24 @@ class PostgresMetricStore(PortableMetricStore):
             found = cursor.execute(_LOCK_LAST_STEP, (experiment_id,)).fetchone()
             if found is None:
                 raise UnknownExperimentError(experiment_id)
-            if found[0] is None or min(r[1] for r in rows) > found[0]:
+            if found[0] is None or first > found[0]:
                 try:
                     # A savepoint: a batch naming one point twice fails this COPY alone (a
                     # unique violation) and takes the staging path. Looking for repeats here
                     # instead cost more than the COPY's client side.
-                    with cursor.connection.transaction(), cursor.copy(_COPY) as copy:
-                        copy.set_types(["uuid", *_TYPES])
-                        for row in rows:
-                            copy.write_row((experiment_id, *row))
+                    with cursor.connection.transaction():
+                        _copy_in(cursor, _COPY, batch, experiment_id)
                     # All new: merged into the blocks, not recomputed.
-                    postgres_rollups.merge(cursor, experiment_id, rows)
+                    postgres_rollups.merge(cursor, experiment_id, batch if isinstance(
+                        batch, Columns) else Columns.of_rows(batch))
                     return
                 except psycopg.errors.UniqueViolation:
                     pass
             cursor.execute(_CREATE_STAGE)
-            with cursor.copy(_COPY_STAGE) as copy:
-                copy.set_types(_TYPES)
-                for row in rows:
-                    copy.write_row(row)
+            _copy_in(cursor, _COPY_STAGE, batch)
             cursor.execute(_MOVE, (experiment_id,))
             # Some points may have been stored already: the blocks are recomputed from the table.
-            postgres_rollups.rebuild(cursor, experiment_id, min(r[1] for r in rows),
-                                     max(r[1] for r in rows), sorted({r[0] for r in rows}))
+            postgres_rollups.rebuild(cursor, experiment_id, first, last, names)
 
     def fetch(self, session: Session, experiment_id: uuid.UUID, after_step: int,
               names: Sequence[str] | None, only_step: int | None,
@@ -152,3 +162,22 @@ class PostgresMetricStore(PortableMetricStore):
         super().delete_after(session, experiment_id, step)
         with driver_cursor(session) as cursor:  # the blocks past that step, as the points now are
             postgres_rollups.rebuild(cursor, experiment_id, step + 1)
+
+
+def _copy_in(cursor: Any, statement: str, batch: Columns | list[Row],
+             experiment_id: uuid.UUID | None = None) -> None:
+    """COPY the batch (``experiment_id`` first in each row if given): columns as data built by
+    numpy (``postgres_copy``: ≈ 0.5 µs a point against ≈ 5 µs through ``write_row``), rows
+    through psycopg's adapters."""
+    with cursor.copy(statement) as copy:
+        if isinstance(batch, Columns):
+            copy.write(binary_copy(batch, experiment_id))
+            return
+        if experiment_id is None:
+            copy.set_types(_TYPES)
+            for row in batch:
+                copy.write_row(row)
+        else:
+            copy.set_types(["uuid", *_TYPES])
+            for row in batch:
+                copy.write_row((experiment_id, *row))

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from app.db.bucketing import Bucket, summarize
+from app.db.metric_store.interface import Columns
 from app.db.models import FINITE, MAX_STEP
 
 BLOCK_SIZES = (64, 512, 4096, 32768)
@@ -80,17 +81,14 @@ GROUP BY 1, 2, 3, 4
 """
 
 
-def merge(cursor: Any, experiment_id: uuid.UUID, rows: list[tuple[Any, ...]]) -> None:
-    """Add the summary of ``rows`` ((name, step, epoch, value, kind, wall_time), all of them
-    new points) to the blocks they fall in."""
-    if not rows:
+def merge(cursor: Any, experiment_id: uuid.UUID, batch: Columns) -> None:
+    """Add the summary of the batch (all of it new points) to the blocks it falls in."""
+    count = len(batch.name)
+    if not count:
         return
     codes: dict[str, int] = {}
-    count = len(rows)
-    name_code = np.fromiter((codes.setdefault(r[0], len(codes)) for r in rows), np.int64, count)
-    step = np.fromiter((r[1] for r in rows), np.int64, count)
-    value = np.fromiter((np.nan if r[3] is None else r[3] for r in rows), np.float64, count)
-    finite = np.fromiter((r[4] == FINITE for r in rows), np.bool_, count)
+    name_code = np.array([codes.setdefault(n, len(codes)) for n in batch.name], np.int64)
+    step, value, finite = batch.step, batch.value, batch.kind == FINITE
     order = np.lexsort((step, name_code))
     name_code, step, value, finite = name_code[order], step[order], value[order], finite[order]
     names = np.array([_quoted(name) for name in codes], dtype=object)
