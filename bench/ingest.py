@@ -26,6 +26,7 @@ from app.db import experiments, lifecycle
 from app.db.lifecycle import Lease
 from app.db.migrate import upgrade
 from app.db.session import session_scope
+from worker import sink as metric_sink
 from worker.sink import MetricSink
 from worker.training.config import ExperimentConfig
 from worker.training.datasets import load_dataset
@@ -87,11 +88,12 @@ def backends(url: str) -> set[int]:
 
 
 def bench_write_cpu(url: str, config: ExperimentConfig, steps: int, names: int,
-                    rate: float) -> tuple[float, float, float]:
+                    rate: float, per_put: int) -> tuple[float, float, float]:
     """CPU time a point costs outside training: the writer process's and its Postgres backend's
-    (µs a point), and the wall seconds. Points come one step (``names`` points) at a time at
-    ``rate`` steps/s, as a training loop logging every step sends them: the writer's batches
-    are then as large as a real run's. CPU time, unlike wall time, holds under load."""
+    (µs a point), and the wall seconds. Points come ``per_put`` steps (of ``names`` points) at
+    a time at ``rate`` steps/s, as a training loop logging every step sends them (the engine
+    flushes at every epoch end, every 1,024 steps and every second): the writer's batches are
+    then as large as a real run's. CPU time, unlike wall time, holds under load."""
     lease = new_experiment(url, config)
     before = backends(url)
     sink = MetricSink(url, lease, flush_every_s=1.0)
@@ -101,10 +103,11 @@ def bench_write_cpu(url: str, config: ExperimentConfig, steps: int, names: int,
     (backend,) = backends(url) - before
     writer_cpu, backend_cpu = cpu_seconds(sink._writer_pid), cpu_seconds(backend)
     started = time.perf_counter()
-    for s in range(1, steps + 1):
+    for first in range(1, steps + 1, per_put):
+        last = min(first + per_put, steps + 1)
         sink.put([MetricPoint(f"metric_{n}", s, 1, float(s * n) / 7, now + s / rate)
-                  for n in range(names)])
-        pause = started + s / rate - time.perf_counter()
+                  for s in range(first, last) for n in range(names)])
+        pause = started + last / rate - time.perf_counter()
         if pause > 0:
             time.sleep(pause)
     sink.wait_written()
@@ -151,6 +154,10 @@ def main() -> None:
                         help="CPU µs a point of the writer process and its backend, then exit")
     parser.add_argument("--rate", type=float, default=1000.0,
                         help="--write-cpu: steps a second put into the sink")
+    parser.add_argument("--steps-per-put", type=int, default=1,
+                        help="--write-cpu: steps a put holds (the engine's flushes)")
+    parser.add_argument("--send-every", type=float, default=metric_sink.SEND_EVERY_S,
+                        help="--write-cpu: the sink's SEND_EVERY_S (seconds between writes)")
     args = parser.parse_args()
     upgrade(args.database_url)
     if args.tracking_cost:
@@ -169,15 +176,17 @@ def main() -> None:
     )
 
     if args.write_cpu:
-        runs = [bench_write_cpu(args.database_url, config, args.steps, args.names, args.rate)
-                for _ in range(args.repeats)]
+        metric_sink.SEND_EVERY_S = args.send_every
+        runs = [bench_write_cpu(args.database_url, config, args.steps, args.names, args.rate,
+                                args.steps_per_put) for _ in range(args.repeats)]
         for writer, backend, elapsed in runs:
             print(f"  writer {writer:.2f} µs/point, backend {backend:.2f} µs/point "
                   f"({elapsed:.1f} s)")
         writer = statistics.median(r[0] for r in runs)
         backend = statistics.median(r[1] for r in runs)
         print(f"write CPU ({args.steps * args.names:,} points, {args.names} a step, "
-              f"{args.rate:g} steps/s; medians of {args.repeats}): writer {writer:.2f} µs/point, "
+              f"{args.rate:g} steps/s, {args.steps_per_put} a put, a write every "
+              f"{args.send_every:g} s; medians of {args.repeats}): writer {writer:.2f} µs/point, "
               f"backend {backend:.2f} µs/point, together {writer + backend:.2f}; "
               f"load average {os.getloadavg()[0]:.1f}")
         return

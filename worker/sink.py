@@ -38,12 +38,13 @@ from worker.training.result import MetricPoint
 log = logging.getLogger(__name__)
 LeaseLostError = metric_writer.LeaseLostError
 # Points wait this long at most before they go to the writer, all in one batch (one message,
-# one transaction): a run logging every step puts a few points a millisecond, and a write each
-# cost the writer and its Postgres backend ≈ 120 µs of CPU a point, ≈ 28 µs at one write per
-# 0.2 s (bench/ingest.py --write-cpu, docs/benchmarks.md), CPU taken from a training that uses
-# every core. Readers see points that much later; a caller waiting for its points (a checkpoint
-# barrier, close) does not wait for it.
-SEND_EVERY_S = 0.2
+# one transaction): a write costs the writer and its Postgres backend ≈ 4 ms of CPU whatever its
+# size (heartbeat, lock, block upsert, commit), CPU taken from a training that uses every core.
+# The engine puts a batch at every epoch end, which a small net reaches every 0.1 s; puts of
+# single steps cost ≈ 130 µs of CPU a point written one by one, ≈ 9.5 µs at a write per 0.5 s
+# (bench/ingest.py --write-cpu, docs/benchmarks.md). Readers see points that much later; a
+# caller waiting for its points (a checkpoint barrier, close) does not wait for it.
+SEND_EVERY_S = 0.5
 SEND_AT_POINTS = 100_000  # or as soon as this many are pending
 
 

@@ -35,13 +35,12 @@ def binary_copy(columns: Columns, experiment_id: uuid.UUID | None = None) -> byt
     """The COPY data of the rows (experiment_id if given, name, step, epoch, value, kind,
     wall_time), in the batch's order; value NULL where kind is not FINITE."""
     count = len(columns.name)
-    codes: dict[str, int] = {}
-    code = np.array([codes.setdefault(n, len(codes)) for n in columns.name], np.int64)
+    distinct, code = columns.name_codes()
     # What precedes the step is the same for every row of one name: the field count, the
     # experiment id and the name.
     fields = struct.pack(">h", 7) + struct.pack(">i", 16) + experiment_id.bytes \
         if experiment_id is not None else struct.pack(">h", 6)
-    heads = [fields + struct.pack(">i", len(b)) + b for b in (n.encode() for n in codes)]
+    heads = [fields + struct.pack(">i", len(b)) + b for b in (n.encode() for n in distinct)]
     head_size = np.array([len(h) for h in heads], np.int64)[code]
     finite = columns.kind == FINITE
     size = head_size + _MIDDLE.itemsize + 8 * finite + _TAIL.itemsize

@@ -86,12 +86,11 @@ def merge(cursor: Any, experiment_id: uuid.UUID, batch: Columns) -> None:
     count = len(batch.name)
     if not count:
         return
-    codes: dict[str, int] = {}
-    name_code = np.array([codes.setdefault(n, len(codes)) for n in batch.name], np.int64)
+    distinct, name_code = batch.name_codes()
     step, value, finite = batch.step, batch.value, batch.kind == FINITE
     order = np.lexsort((step, name_code))
     name_code, step, value, finite = name_code[order], step[order], value[order], finite[order]
-    names = np.array([_quoted(name) for name in codes], dtype=object)
+    names = np.array([_quoted(name) for name in distinct], dtype=object)
     columns: dict[str, list[np.ndarray]] = {}
     for size in BLOCK_SIZES:
         # One group per (name, block), numbered in order: the points are sorted by name, then
