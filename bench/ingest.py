@@ -150,6 +150,9 @@ def main() -> None:
                         help="Runs per side (--tracking-cost: alternating pairs per case)")
     parser.add_argument("--tracking-cost", action="store_true",
                         help="What tracking costs the engine (bench/tracking.py), then exit")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="--tracking-cost: torch threads on both sides (default: a worker "
+                             "job's, every core but one)")
     parser.add_argument("--write-cpu", action="store_true",
                         help="CPU µs a point of the writer process and its backend, then exit")
     parser.add_argument("--rate", type=float, default=1000.0,
@@ -163,7 +166,7 @@ def main() -> None:
     if args.tracking_cost:
         from bench.tracking import tracking_cost
 
-        for cost in tracking_cost(args.database_url, args.repeats):
+        for cost in tracking_cost(args.database_url, args.repeats, args.threads):
             print(cost.report())
         return
     config = build_config(

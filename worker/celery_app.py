@@ -69,11 +69,9 @@ def _in_pool_child(**_: object) -> None:
     # out of the collector's full passes, which the training loop's allocations trigger.
     gc.collect()
     gc.freeze()
-    threads = get_settings().torch_threads
-    if threads is not None:
-        import torch
+    from worker.training.device import job_threads, set_threads
 
-        torch.set_num_threads(threads)
+    set_threads(job_threads(get_settings().torch_threads))
 
 
 def _on_warm_shutdown(**_: object) -> None:

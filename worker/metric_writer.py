@@ -92,11 +92,14 @@ def run(connection: Connection, database_url: str, lease: Lease, flush_every_s: 
     _die_with_parent()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
         signal.signal(signum, signal.SIG_IGN)  # the job process decides when writing ends
-    written, closing = 0, False
+    written, closing, wait_s = 0, False, 0.0
     while not closing:
         batch = empty()
-        # Nothing for a flush interval: an empty write still renews the heartbeat.
-        ready = connection.poll(flush_every_s)
+        # Nothing for a flush interval: an empty write still renews the heartbeat. The first
+        # write goes at once, points or not: connecting (a new Postgres backend) and the first
+        # statements then cost CPU while the job loads its data, not during its first steps.
+        ready = connection.poll(wait_s)
+        wait_s = flush_every_s
         while ready and len(batch[0]) < MAX_COALESCED_POINTS:
             try:
                 payload = connection.recv_bytes()

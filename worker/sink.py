@@ -43,7 +43,7 @@ LeaseLostError = metric_writer.LeaseLostError
 # The engine puts a batch at every epoch end, which a small net reaches every 0.1 s; puts of
 # single steps cost ≈ 130 µs of CPU a point written one by one, ≈ 9.5 µs at a write per 0.5 s
 # (bench/ingest.py --write-cpu, docs/benchmarks.md). Readers see points that much later; a
-# caller waiting for its points (a checkpoint barrier, close) does not wait for it.
+# caller waiting for its points (`wait_written`, close) does not wait for it.
 SEND_EVERY_S = 0.5
 SEND_AT_POINTS = 100_000  # or as soon as this many are pending
 
@@ -111,10 +111,8 @@ class MetricSink:
     def wait_written(self) -> None:
         """Block until every point put so far is in the database (a checkpoint barrier: a
         checkpoint must never be ahead of the metrics stored for it)."""
-        self._wait_for(self._points_put)
-
-    def _wait_for(self, target: int) -> None:
         with self._cond:
+            target = self._points_put
             if self.points_written < target:
                 self._hurry = True
                 self._cond.notify_all()
@@ -133,19 +131,21 @@ class MetricSink:
         return self._staging
 
     def before_checkpoint(self) -> None:
-        """Called by the engine before it overwrites the staged checkpoint."""
-        self.publish_checkpoint(wait=True)  # the previous one, an epoch ago: written by now
+        """Called by the engine before it overwrites the staged checkpoint: the previous one is
+        published if its points are written by now, else the new one replaces it. Never waits:
+        an epoch can be shorter than ``SEND_EVERY_S``, and the training thread would wait for
+        the database at every epoch end (+20 ms an epoch measured). The published checkpoint
+        lags the staged one by up to a write, which a resumed attempt repeats."""
+        self.publish_checkpoint()
         with self._cond:
             self._staged_at = self._points_put
 
-    def publish_checkpoint(self, *, wait: bool = False) -> bool:
-        """Publish the staged checkpoint if the points put before it are written (waiting for
-        them with ``wait``); True if there is one and it was published."""
+    def publish_checkpoint(self) -> bool:
+        """Publish the staged checkpoint if the points put before it are written; True if there
+        is one and it was published."""
         target = self._staged_at
         if self._checkpoint is None or self._staging is None or target is None:
             return False
-        if wait:
-            self._wait_for(target)
         with self._cond:
             if self.points_written < target or not self._alive():
                 return False

@@ -75,6 +75,8 @@ def train(
     out: Annotated[Path | None, typer.Option(help="Write result and all metrics as JSON")] = None,
     device: Annotated[str | None, typer.Option(help="Override resources.device")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Write a safetensors checkpoint")] = None,
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="Torch intra-op threads (default: one per core)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train one experiment here: progress on stderr, the summary on stdout. Exits 0
@@ -83,7 +85,8 @@ def train(
     from app.cli.train import run_training
 
     _, cfg = load_config(config, preset, set_ or [])
-    summary = run_training(cfg, out=out, device=device, checkpoint=checkpoint, as_json=as_json)
+    summary = run_training(cfg, out=out, device=device, checkpoint=checkpoint, threads=threads,
+                           as_json=as_json)
     raise typer.Exit(exit_code(summary.status))
 
 

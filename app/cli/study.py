@@ -120,15 +120,12 @@ def show(url: str, api_key: str | None, study_id: str, as_json: bool) -> None:
 
 
 def run_here(spec_raw: dict[str, Any], device: str | None, out: Path | None) -> None:
-    import torch
-
     from app.core.config import get_settings
     from app.studies.grid import cells
     from app.studies.local import run_local
+    from worker.training.device import set_threads
 
-    threads = get_settings().torch_threads
-    if threads:  # as a worker does: several local runs on one machine split its cores
-        torch.set_num_threads(threads)
+    set_threads(get_settings().torch_threads)  # as a worker's: local runs may split the cores
     spec = StudySpec.model_validate(spec_raw)
     grid = cells(spec)
     console = Console(stderr=True)

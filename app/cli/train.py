@@ -15,7 +15,7 @@ from app.cli.output import emit, emit_json, table
 from app.cli.summary import summary_rows
 from worker.training.config import ExperimentConfig
 from worker.training.datasets import OFFLINE_ALTERNATIVE, DatasetUnavailableError
-from worker.training.device import DeviceUnavailableError
+from worker.training.device import DeviceUnavailableError, set_threads
 from worker.training.job import run_job
 from worker.training.result import MetricPoint, TrainResult, TrainSummary, encode_float
 
@@ -26,8 +26,9 @@ def summary_text(summary: TrainSummary, title: str) -> str:
 
 def run_training(
     config: ExperimentConfig, *, out: Path | None, device: str | None, checkpoint: Path | None,
-    as_json: bool = False,
+    threads: int | None = None, as_json: bool = False,
 ) -> TrainSummary:
+    set_threads(threads)
     try:
         result = _train(config, out=out, device=device, checkpoint=checkpoint)
     except DatasetUnavailableError as exc:

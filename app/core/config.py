@@ -27,8 +27,10 @@ class Settings(BaseSettings):
     # Routing: which queue a config with device "auto" goes to ("gpu" where GPU workers exist).
     auto_queue: Literal["cpu", "gpu"] = "cpu"
     worker_device: str | None = None  # a worker's --device, overriding "auto"/"cuda"
-    # Intra-op threads per training process (None: torch's default, one per core). Several jobs
-    # on one CPU machine should split the cores rather than oversubscribe them.
+    # Intra-op threads per training process. Unset: a worker's job uses every core but one (the
+    # other is its metric writer's, worker.training.device.job_threads); `normlab train` and
+    # `study run --local` use torch's default, one per core. Several jobs on one CPU machine
+    # should split the cores rather than oversubscribe them.
     torch_threads: int | None = Field(None, ge=1, le=256)
     metric_flush_s: float = Field(1.0, gt=0, le=60)
     # Fused training: a study's fusable members go to a worker in groups of at most this many,

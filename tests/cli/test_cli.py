@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from app.cli.main import cli
@@ -53,6 +54,20 @@ def test_train_json_config_with_out(tmp_path: Path) -> None:
     assert loss == list(range(1, summary["steps"] + 1))
     assert payload["config"]["model"]["hidden_layers"] == [16]
     assert (tmp_path / "m.safetensors").is_file()
+
+
+def test_train_threads_sets_torch_intra_op_threads(tmp_path: Path) -> None:
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(SMALL))
+    before = torch.get_num_threads()
+    try:
+        result = runner.invoke(cli, ["train", str(config), "--threads", "1"])
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    refused = runner.invoke(cli, ["train", str(config), "--threads", "0"])
+    assert refused.exit_code == 2 and "--threads" in refused.output
 
 
 def test_train_yaml_with_preset_and_set(tmp_path: Path) -> None:

@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 import torch
 
-from worker.training.device import DeviceUnavailableError, resolve_device
+from worker.training.device import (
+    DeviceUnavailableError,
+    job_threads,
+    resolve_device,
+    usable_cores,
+)
 from worker.training.job import run_job
 from worker.training.result import MetricPoint
 
@@ -20,6 +25,15 @@ def test_resolve_device() -> None:
     assert resolve_device("cuda", override="cpu") == torch.device("cpu")
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type == expected
+
+
+def test_a_job_leaves_a_core_to_its_tracking_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert job_threads(3) == 3
+    assert job_threads(None) == max(1, usable_cores() - 1)
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: {0})
+    assert job_threads(None) == 1  # one core: training keeps it
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: set(range(16)))
+    assert job_threads(None) == 15
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

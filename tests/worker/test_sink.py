@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
+import threading
 import uuid
 
 import pytest
@@ -98,6 +100,19 @@ def test_cancel_request_reaches_should_stop(settings: Settings) -> None:
     sink.close()
 
 
+def test_the_writer_checks_in_at_once_before_any_point(settings: Settings) -> None:
+    # Its first write (heartbeat + status) goes before the engine puts anything, so connecting
+    # costs the job's data loading, not its first steps; a flush interval that never comes
+    # due shows it: a cancel made before the sink started still arrives.
+    lease = claimed(settings)
+    with session_scope(settings.database_url) as session:
+        experiments.request_cancel(session, lease.experiment_id)
+    sink = MetricSink(settings.database_url, lease, flush_every_s=3600)
+    wait_until(sink.should_stop, "the writer's first check-in")
+    assert sink.cancel_requested and sink.points_written == 0
+    sink.close()
+
+
 def test_a_lost_lease_stops_training_and_writes_nothing(settings: Settings) -> None:
     lease = claimed(settings)
     stale = Lease(lease.experiment_id, lease.worker, lease.attempt + 1)  # not the owner
@@ -159,11 +174,47 @@ def test_a_staged_checkpoint_is_published_once_its_points_are_written(settings: 
     sink.before_checkpoint()  # nothing staged yet: returns without waiting
     staging.write_text("epoch 1")
     sink.put(points(range(101, 201)))
-    sink.before_checkpoint()  # publishes epoch 1, whose 200 points are stored by then
+    sink.wait_written()
+    sink.before_checkpoint()  # publishes epoch 1, whose 200 points are stored
     assert final.read_text() == "epoch 1" and not staging.exists()
-    assert len(stored(settings, lease.experiment_id)) >= 200
+    assert len(stored(settings, lease.experiment_id)) == 400
     staging.write_text("epoch 2")
     sink.close()  # writes the rest, then publishes epoch 2
+    assert final.read_text() == "epoch 2" and not staging.exists()
+    assert len(stored(settings, lease.experiment_id)) == 400
+
+
+def test_an_epoch_end_never_waits_for_the_database(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer (forked: it inherits the patch) holds every batch of points until the gate
+    # opens; its first check-in, with no points, goes through.
+    gate = multiprocessing.Event()
+    write = metric_writer.write
+
+    def held(url: str, lease: Lease, batch: metric_writer.Batch) -> str:
+        if batch[0]:
+            gate.wait()
+        return write(url, lease, batch)
+
+    monkeypatch.setattr(metric_writer, "write", held)
+    lease = claimed(settings)
+    final = settings.artifacts_dir / "c.safetensors"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    sink = MetricSink(settings.database_url, lease, flush_every_s=0.01)
+    staging = sink.staged(final)
+    sink.put(points(range(1, 101)))
+    sink.before_checkpoint()
+    staging.write_text("epoch 1")
+    sink.put(points(range(101, 201)))
+    epoch_end = threading.Thread(target=sink.before_checkpoint)
+    epoch_end.start()
+    epoch_end.join(60)  # a hang guard: it returns at once, the points still held
+    assert not epoch_end.is_alive()
+    assert not final.exists()  # epoch 1's points are not stored: not published...
+    staging.write_text("epoch 2")  # ...and the next epoch's checkpoint replaces it
+    gate.set()
+    sink.close()
     assert final.read_text() == "epoch 2" and not staging.exists()
     assert len(stored(settings, lease.experiment_id)) == 400
 
