@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from app.core.config import Settings
+from app.core.config import Settings, staged_path
 from app.db import experiments, metrics
 from app.db.session import session_scope
 from tests.api.helpers import FakeDispatcher
@@ -103,9 +103,14 @@ def test_shutdown_hands_the_group_back_and_it_resumes_together(settings: Setting
     ids = [create(settings, b) for b in bodies]
     dispatcher = FakeDispatcher()
 
+    def taken(experiment_id: uuid.UUID) -> bool:
+        # Staged at the epoch end, published once its points are stored, which may be epochs
+        # later (the sink never makes an epoch end wait): either way, a checkpoint exists.
+        path = settings.checkpoint_path(experiment_id)
+        return path.is_file() or staged_path(path).is_file()
+
     def stop_soon() -> None:  # after the first epoch's checkpoints (no reads: see above)
-        wait_until(lambda: all(settings.checkpoint_path(i).is_file() for i in ids),
-                   "the first checkpoints")
+        wait_until(lambda: all(taken(i) for i in ids), "the first checkpoints")
         shutdown.requested.set()
 
     threading.Thread(target=stop_soon).start()
