@@ -135,7 +135,8 @@ class MetricSink:
         published if its points are written by now, else the new one replaces it. Never waits:
         an epoch can be shorter than ``SEND_EVERY_S``, and the training thread would wait for
         the database at every epoch end (+20 ms an epoch measured). The published checkpoint
-        lags the staged one by up to a write, which a resumed attempt repeats."""
+        may lag the staged one by a few epochs (until a write lands between two epoch ends);
+        a resumed attempt repeats them. ``close`` publishes the last one."""
         self.publish_checkpoint()
         with self._cond:
             self._staged_at = self._points_put
