@@ -6,6 +6,7 @@ import math
 import multiprocessing
 import threading
 import uuid
+from pathlib import Path
 
 import pytest
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -164,18 +165,28 @@ def test_an_unreachable_database_fails_the_sink_after_the_limit(settings: Settin
     assert sink.error is not None and "unreachable" in sink.error and sink.should_stop()
 
 
-def test_a_staged_checkpoint_is_published_once_its_points_are_written(settings: Settings) -> None:
-    lease = claimed(settings)
+def checkpointing(settings: Settings, lease: Lease) -> tuple[MetricSink, Path, Path]:
+    """A sink with checkpoints staged; returns it, the published path and the staging path."""
     final = settings.artifacts_dir / "c.safetensors"
     final.parent.mkdir(parents=True, exist_ok=True)
     sink = MetricSink(settings.database_url, lease, flush_every_s=0.01)
-    staging = sink.staged(final)
+    return sink, final, sink.staged(final)
+
+
+def first_epoch(sink: MetricSink, staging: Path) -> None:
+    """Epoch 1's points and its staged checkpoint, then epoch 2's points."""
     sink.put(points(range(1, 101)))
     sink.before_checkpoint()  # nothing staged yet: returns without waiting
     staging.write_text("epoch 1")
     sink.put(points(range(101, 201)))
+
+
+def test_a_staged_checkpoint_is_published_once_its_points_are_written(settings: Settings) -> None:
+    lease = claimed(settings)
+    sink, final, staging = checkpointing(settings, lease)
+    first_epoch(sink, staging)
     sink.wait_written()
-    sink.before_checkpoint()  # publishes epoch 1, whose 200 points are stored
+    sink.before_checkpoint()  # publishes epoch 1, whose points are stored
     assert final.read_text() == "epoch 1" and not staging.exists()
     assert len(stored(settings, lease.experiment_id)) == 400
     staging.write_text("epoch 2")
@@ -199,14 +210,8 @@ def test_an_epoch_end_never_waits_for_the_database(
 
     monkeypatch.setattr(metric_writer, "write", held)
     lease = claimed(settings)
-    final = settings.artifacts_dir / "c.safetensors"
-    final.parent.mkdir(parents=True, exist_ok=True)
-    sink = MetricSink(settings.database_url, lease, flush_every_s=0.01)
-    staging = sink.staged(final)
-    sink.put(points(range(1, 101)))
-    sink.before_checkpoint()
-    staging.write_text("epoch 1")
-    sink.put(points(range(101, 201)))
+    sink, final, staging = checkpointing(settings, lease)
+    first_epoch(sink, staging)
     epoch_end = threading.Thread(target=sink.before_checkpoint)
     epoch_end.start()
     epoch_end.join(60)  # a hang guard: it returns at once, the points still held
